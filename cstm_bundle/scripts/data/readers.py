@@ -1,0 +1,115 @@
+"""Study folders (the project's native layout, SPEC "Interfaces"): discovery and the files of one study.
+
+    <study>/image.nii.gz        4D (H, W, Z, T)
+    <study>/label_ed.nii.gz     optional 3D (H, W, Z) labels at phase info["ed"]
+    <study>/label_es.nii.gz     optional 3D (H, W, Z) labels at phase info["es"]
+    <study>/annotation.nii.gz   optional 3D labels of one phase (info["annotated_phase"]); overrides label_ed
+    <study>/info.json           {"ed": int, "es": int, optional "annotated_slices_ed"/"_es", "labels"}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import CSTMInputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FILE = "image.nii.gz"
+LABEL_VALUES = (0, 1, 2, 3)
+
+
+def list_studies(
+    dataset_dir: str | os.PathLike,
+    split: str | None = None,
+    num_val: int = 0,
+    demo_dir: str | os.PathLike | None = None,
+    demo_studies: int = 4,
+    demo_seed: int = 0,
+) -> list[dict[str, str]]:
+    """Find the study folders under ``dataset_dir`` (or ``dataset_dir`` itself if it is one study).
+
+    The demo folder is the one folder that is created when missing: if ``dataset_dir`` is ``demo_dir`` and does not
+    exist, ``demo_studies`` phantom studies (seeds ``demo_seed``...) are generated there first.
+
+    Args:
+        dataset_dir: a folder of study folders, or one study folder.
+        split: None for all studies, "train" for all but the last ``num_val`` (sorted by name), "val" for those.
+        num_val: studies held out for validation.
+        demo_dir: the bundle's phantom demo folder.
+        demo_studies: phantom studies to generate into ``demo_dir``.
+        demo_seed: seed of the first generated study.
+    Returns:
+        dicts with "image" (path), "study" (folder name) and "study_dir", sorted by name.
+    Raises:
+        CSTMInputError: the folder does not exist or holds no study, or the split is empty.
+    """
+    root = Path(dataset_dir)
+    if demo_dir is not None and not root.exists() and root.resolve() == Path(demo_dir).resolve():
+        from .phantom import write_phantom_studies
+
+        logger.info(f"generating {demo_studies} phantom demo studies in {root}")
+        write_phantom_studies(str(root), num_studies=demo_studies, seed=demo_seed)
+    if not root.is_dir():
+        raise CSTMInputError(root, "dataset folder does not exist", "a folder of study folders or one study folder")
+    folders = [root] if (root / IMAGE_FILE).is_file() else sorted(p for p in root.iterdir() if (p / IMAGE_FILE).is_file())
+    if not folders:
+        raise CSTMInputError(root, f"no study folder (a folder with {IMAGE_FILE}) found", "at least one study")
+    if split is not None:
+        if split not in ("train", "val") or not 0 <= num_val < len(folders) + (split == "val"):
+            raise CSTMInputError(root, f"cannot take split {split!r} with num_val={num_val} from {len(folders)} studies",
+                                 "split 'train' or 'val' and 0 <= num_val < number of studies")
+        folders = folders[len(folders) - num_val:] if split == "val" else folders[: len(folders) - num_val]
+    return [{"image": str(p / IMAGE_FILE), "study": p.name, "study_dir": str(p)} for p in folders]
+
+
+def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
+    """``info.json`` of a study, checked for integer ``ed`` / ``es``; an empty dict when the file is absent."""
+    path = Path(study_dir) / "info.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CSTMInputError(path, f"cannot be read as JSON ({e})", "a JSON object") from e
+    for key in ("ed", "es", "annotated_phase"):
+        if key in info and not isinstance(info[key], int):
+            raise CSTMInputError(path, f"{key!r} is {info[key]!r}", "a 0-based integer phase")
+    return info
+
+
+def read_label(path: str | os.PathLike, image_shape: tuple[int, ...], image_affine: np.ndarray) -> np.ndarray:
+    """A 3D label volume on the image grid.
+
+    Args:
+        path: the label NIfTI.
+        image_shape: (H, W, Z, T) of the study image.
+        image_affine: (4, 4) affine of the study image.
+    Returns:
+        (H, W, Z) uint8 labels in {0, 1, 2, 3}.
+    Raises:
+        CSTMInputError: unreadable file, other grid or affine, or values outside {0, 1, 2, 3}.
+    """
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as e:  # nibabel raises many types for corrupt files
+        raise CSTMInputError(path, f"cannot be read as NIfTI ({e})", "a readable .nii.gz label file") from e
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.shape != tuple(image_shape[:3]):
+        raise CSTMInputError(path, f"label shape {data.shape} is not on the image grid", f"shape {tuple(image_shape[:3])}")
+    if not np.allclose(img.affine, image_affine, atol=1e-3):
+        raise CSTMInputError(path, "label affine differs from the image affine", "the image's grid and affine")
+    values = np.unique(data)
+    if not np.isin(values, LABEL_VALUES).all():
+        raise CSTMInputError(path, f"label values {values.tolist()} outside {list(LABEL_VALUES)}",
+                             "0 background, 1 RV, 2 Myo, 3 LV")
+    return data.astype(np.uint8)

@@ -1,0 +1,246 @@
+"""Dictionary transforms for study folders: annotation and labels in, 3-frame training samples, label maps out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Hashable, Mapping
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable
+
+from ..errors import CSTMInputError
+from ..io import save_nifti
+from .readers import IMAGE_FILE, read_info, read_label
+
+logger = logging.getLogger(__name__)
+
+UNLABELLED = 255
+"""Label value of pixels without ground truth (unlabelled frames); masked out of losses and metrics."""
+
+OUTPUT_FILE = "label_4d.nii.gz"
+
+
+def _image_path(d: Mapping[Hashable, Any]) -> Path:
+    return Path(d["study_dir"]) / IMAGE_FILE
+
+
+def _labelled_slices(info: dict[str, Any], key: str, label: np.ndarray) -> list[int]:
+    """0-based z listed in ``info[key]``, else every slice."""
+    return sorted(info[key]) if key in info else list(range(label.shape[2]))
+
+
+class LoadStudyd(MapTransform):
+    """Check the loaded image and add the study's annotation (and, optionally, its ED/ES labels as a 4D label map).
+
+    Expects the image at ``keys`` as (1, H, W, Z, T) (after ``LoadImaged`` + ``EnsureChannelFirstd``) and the
+    ``study_dir`` item from :func:`~.readers.list_studies`. Adds:
+
+    - ``annotation`` (H, W) uint8: labels of the annotated frame, from ``annotation.nii.gz`` (phase
+      ``info["annotated_phase"]``) if present, else from ``label_ed`` at phase ``info["ed"]``; the slice is the middle
+      one of the non-empty labelled slices.
+    - ``annotation_slice``, ``annotation_phase``: z_a and t_a.
+    - with ``with_labels``: ``label`` (1, H, W, Z, T) uint8 holding ``label_ed``/``label_es`` on their annotated slices
+      and :data:`UNLABELLED` everywhere else; ``ed``, ``es``.
+
+    Args:
+        keys: the image key.
+        with_labels: also load the ED/ES labels (training, validation, evaluation).
+    Raises:
+        CSTMInputError: wrong dimensionality, NaN/Inf or constant image, missing or empty annotation, bad label files.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", with_labels: bool = False):
+        super().__init__(keys)
+        self.with_labels = with_labels
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        path = _image_path(d)
+        image = d[self.first_key(d)]
+        shape = tuple(image.shape[1:])
+        if image.ndim != 5:
+            raise CSTMInputError(path, f"image has shape {shape}", "a 4D image (H, W, Z, T)")
+        arr = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if not np.isfinite(arr).all():
+            raise CSTMInputError(path, "image contains NaN or Inf values", "finite intensities")
+        if arr.min() == arr.max():
+            raise CSTMInputError(path, f"image is constant ({arr.min()})", "an image with contrast")
+        affine = nib.load(str(path)).affine
+        info = read_info(d["study_dir"])
+        d.update(self._annotation(Path(d["study_dir"]), info, shape, affine))
+        if self.with_labels:
+            d.update(self._labels(Path(d["study_dir"]), info, shape, affine))
+        return d
+
+    @staticmethod
+    def _annotation(study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
+        if (study / "annotation.nii.gz").is_file():
+            path, phase_key, slices_key = study / "annotation.nii.gz", "annotated_phase", None
+        elif (study / "label_ed.nii.gz").is_file():
+            path, phase_key, slices_key = study / "label_ed.nii.gz", "ed", "annotated_slices_ed"
+        else:
+            raise CSTMInputError(study, "no annotation: neither annotation.nii.gz nor label_ed.nii.gz exists",
+                                 "one annotated frame (see README, 'Where the annotation comes from')")
+        if phase_key not in info:
+            raise CSTMInputError(study / "info.json", f"missing {phase_key!r} for {path.name}", "a 0-based phase index")
+        phase = info[phase_key]
+        if not 0 <= phase < shape[3]:
+            raise CSTMInputError(study / "info.json", f"{phase_key}={phase} is outside the {shape[3]} phases",
+                                 f"0 <= {phase_key} < {shape[3]}")
+        label = read_label(path, shape, affine)
+        candidates = _labelled_slices(info, slices_key, label) if slices_key else range(shape[2])
+        slices = [z for z in candidates if label[:, :, z].any()]
+        if not slices:
+            raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on at least one slice")
+        z = slices[len(slices) // 2]
+        return {"annotation": torch.as_tensor(label[:, :, z]), "annotation_slice": z, "annotation_phase": phase}
+
+    @staticmethod
+    def _labels(study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
+        full = np.full((1, *shape), UNLABELLED, dtype=np.uint8)
+        for name in ("ed", "es"):
+            path = study / f"label_{name}.nii.gz"
+            if path.is_file() and name in info:
+                label = read_label(path, shape, affine)
+                for z in _labelled_slices(info, f"annotated_slices_{name}", label):
+                    full[0, :, :, z, info[name]] = label[:, :, z]
+        return {"label": torch.as_tensor(full), "ed": info.get("ed", 0), "es": info.get("es", 0)}
+
+
+class RandTripletd(Randomizable, MapTransform):
+    """Draw 3-frame training samples from a study (paper §3.4).
+
+    With probability ``temporal_prob`` a sample runs along t on one slice labelled at ED and ES: (ED, ES, ED), or
+    (ES, ED, ES); otherwise along z at one labelled phase: three ordered labelled slices no more than
+    ``max_slice_distance`` apart, base-to-apex or apex-to-base. Frames 2 and 3 are predicted from frame 1 (+ 2).
+
+    Args:
+        keys: (image key, label key); the image (1, H, W, Z, T), the label (1, H, W, Z, T) from :class:`LoadStudyd`.
+        num_samples: samples per study and call (MONAI flattens the returned list into the batch).
+        temporal_prob: probability of a sample along t.
+        max_slice_distance: largest z distance between the first and last slice of a sample along z (paper: 5).
+    Returns:
+        a list of dicts with ``frames`` (3, H, W) float32 and ``masks`` (3, H, W) uint8.
+    """
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), num_samples: int = 4, temporal_prob: float = 0.5,
+                 max_slice_distance: int = 5):
+        MapTransform.__init__(self, keys)
+        if max_slice_distance < 2:
+            raise ValueError(f"max_slice_distance must be >= 2 to hold 3 slices, got {max_slice_distance}.")
+        self.num_samples, self.temporal_prob, self.max_slice_distance = num_samples, temporal_prob, max_slice_distance
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def _sample(self, labelled: dict[int, list[int]]) -> tuple[list, list]:
+        phases = list(labelled)
+        both = sorted(set(labelled[phases[0]]).intersection(*labelled.values()))
+        if self.R.rand() < self.temporal_prob and len(phases) >= 2 and both:
+            z = both[self.R.randint(len(both))]
+            a, b = phases[:2] if self.R.rand() < 0.5 else phases[1::-1]
+            return [z, z, z], [a, b, a]
+        t = phases[self.R.randint(len(phases))]
+        zs = labelled[t]
+        if len(zs) < 3:
+            z = zs[self.R.randint(len(zs))]
+            return [z] * 3, [t] * 3
+        first = self.R.randint(len(zs) - 2)
+        window = [z for z in zs[first + 1:] if z - zs[first] <= self.max_slice_distance]
+        if len(window) < 2:
+            window = zs[first + 1: first + 3]
+        picks = sorted(self.R.choice(len(window), 2, replace=False))
+        chosen = [zs[first], window[picks[0]], window[picks[1]]]
+        if self.R.rand() < 0.5:
+            chosen.reverse()
+        return chosen, [t] * 3
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[str, Any]]:
+        d = dict(data)
+        image_key, label_key = self.keys
+        image, label = d[image_key][0], d[label_key][0]  # (H, W, Z, T)
+        frame_labelled = (label != UNLABELLED).all(dim=0).all(dim=0)  # (Z, T)
+        labelled = {int(t): [int(z) for z in torch.nonzero(frame_labelled[:, t]).flatten()]
+                    for t in torch.nonzero(frame_labelled.any(0)).flatten()}
+        if not labelled:
+            raise CSTMInputError(d["study_dir"], "no labelled frame to train on", "label_ed/label_es with labels")
+        samples = []
+        for _ in range(self.num_samples):
+            zs, ts = self._sample(labelled)
+            samples.append({
+                "frames": torch.as_tensor(image[:, :, zs, ts]).permute(2, 0, 1).float(),  # (3, H, W)
+                "masks": torch.as_tensor(label[:, :, zs, ts]).permute(2, 0, 1),  # (3, H, W)
+            })
+        return samples
+
+
+class SelectLabelledFramesd(MapTransform):
+    """Keep the frames that carry ground truth (all but the annotated one), for metrics.
+
+    Args:
+        keys: (pred key, label key), both (1, H, W, Z, T); the label holds :data:`UNLABELLED` where there is no truth.
+    Returns:
+        pred and label as (1, H, W, N) over the N labelled frames.
+    """
+
+    def __init__(self, keys: KeysCollection = ("pred", "label")):
+        super().__init__(keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        pred_key, label_key = self.keys
+        label = torch.as_tensor(d[label_key])
+        labelled = (label[0] != UNLABELLED).all(dim=0).all(dim=0)  # (Z, T)
+        labelled[int(d["annotation_slice"]), int(d["annotation_phase"])] = False
+        zs, ts = torch.nonzero(labelled, as_tuple=True)
+        d[pred_key] = torch.as_tensor(d[pred_key])[..., zs, ts]  # (1, H, W, N)
+        d[label_key] = label[..., zs, ts]  # (1, H, W, N)
+        return d
+
+
+class SaveStudyLabeld(MapTransform):
+    """Write the 4D label map to ``<output_dir>/<study>/label_4d.nii.gz`` (uint8, the input's grid, affine and header).
+
+    Written atomically; an existing file is replaced only with ``overwrite``.
+
+    Args:
+        keys: the prediction key, (1, H, W, Z, T).
+        output_dir: the output folder.
+        overwrite: replace existing outputs.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str | os.PathLike, overwrite: bool = False):
+        super().__init__(keys)
+        self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        source = nib.load(str(_image_path(d)))
+        labels = torch.as_tensor(d[self.first_key(d)])[0].cpu().numpy().astype(np.uint8)  # (H, W, Z, T)
+        header = source.header.copy()
+        header.set_data_dtype(np.uint8)
+        header["scl_slope"], header["scl_inter"] = 1, 0
+        path = save_nifti(labels, source.affine, self.output_dir / d["study"] / OUTPUT_FILE, self.overwrite, header)
+        logger.info(f"{d['study']}: 4D label map written to {path}")
+        return d
+
+
+def check_outputs(studies: list[dict[str, str]], output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Fail before any work if an output already exists (and ``overwrite`` is off) or the folder is not writable."""
+    root = Path(output_dir)
+    for s in studies:
+        path = root / s["study"] / OUTPUT_FILE
+        if path.exists() and not overwrite:
+            raise CSTMInputError(path, "output file exists", "a new --output_dir, or --overwrite true")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CSTMInputError(root, f"cannot create the output folder ({e.strerror})", "a writable path") from e
+    if not os.access(root, os.W_OK):
+        raise CSTMInputError(root, "output folder is not writable", "a writable path")

@@ -1,0 +1,4 @@
+from .losses import BootstrappedCE
+from .trainer import CSTMTrainer, propagate_triplet
+
+__all__ = ["BootstrappedCE", "CSTMTrainer", "propagate_triplet"]

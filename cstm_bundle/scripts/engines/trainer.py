@@ -1,0 +1,68 @@
+"""Ignite trainer for 3-frame samples (paper §3.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.engines import IterationEvents, SupervisedTrainer
+from monai.utils import CommonKeys
+from torch import Tensor
+
+from ..networks.cstm import CSTM, stack_memory
+
+
+def propagate_triplet(network: CSTM, frames: Tensor, first_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Predict frame 2 from frame 1, then frame 3 from frames 1 and 2 (frame 2 with its predicted probabilities).
+
+    Args:
+        network: the CSTM network.
+        frames: (B, 3, 1, H, W) images.
+        first_mask: (B, H, W) integer labels of frame 1.
+    Returns:
+        logits of frames 2 and 3, each (B, O, H, W).
+    """
+    b = frames.shape[0]
+    keys = network.encode_key(frames.flatten(0, 1))  # (B*3, ...) per field
+    key1, key2, key3 = (type(keys)(*(t.unflatten(0, (b, 3))[:, i] for t in keys)) for i in range(3))
+    onehot = F.one_hot(first_mask.long().clamp(max=network.num_classes - 1), network.num_classes)
+    value1 = network.encode_value(frames[:, 0], onehot.permute(0, 3, 1, 2).float(), key1)
+    logits2 = network.segment(key2, stack_memory([key1], [value1]))
+    value2 = network.encode_value(frames[:, 1], logits2.softmax(1), key2)
+    logits3 = network.segment(key3, stack_memory([key1, key2], [value1, value2]))
+    return logits2, logits3
+
+
+class CSTMTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` whose iteration runs :func:`propagate_triplet` on batches of ``frames`` (B, 3, H, W) and
+    ``masks`` (B, 3, H, W), with ``loss_function(logits, target, iteration)`` summed over frames 2 and 3.
+
+    Frame 1 must be fully labelled: samples whose first mask holds unlabelled pixels are an input error upstream.
+    """
+
+    def _iteration(self, engine: Any, batchdata: dict[str, Tensor]) -> dict:
+        device = torch.device(engine.state.device)
+        frames = batchdata["frames"].to(device, non_blocking=engine.non_blocking).unsqueeze(2)  # (B, 3, 1, H, W)
+        masks = batchdata["masks"].to(device, non_blocking=engine.non_blocking).long()  # (B, 3, H, W)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with torch.autocast(device.type, enabled=engine.amp):
+            logits2, logits3 = propagate_triplet(engine.network, frames, masks[:, 0])
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            it = engine.state.iteration
+            loss = engine.loss_function(logits2, masks[:, 1], it) + engine.loss_function(logits3, masks[:, 2], it)
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.state.output = {CommonKeys.IMAGE: frames, CommonKeys.LABEL: masks, CommonKeys.PRED: logits3.detach(),
+                               CommonKeys.LOSS: loss.detach()}
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI handlers (decollate, StatsHandler) hook here
+        return engine.state.output

@@ -1,0 +1,180 @@
+"""4D propagation inferer (paper §3.3): one annotated frame in, a (H, W, Z, T) label map out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from itertools import groupby
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import Inferer
+from torch import Tensor
+
+from ..networks.cstm import CSTM
+from .memory import MemoryBank
+from .schedule import Continuity, Frame, Plan, dependency_levels, plan_propagation
+
+logger = logging.getLogger(__name__)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """Zero-pad the last two dims of ``x`` (..., H, W) symmetrically to multiples of ``multiple``.
+
+    Returns:
+        the padded tensor and the (left, right, top, bottom) padding, for :func:`crop_padding`.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    return F.pad(x, pad), pad
+
+
+def crop_padding(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    """Undo :func:`pad_to_multiple` on the last two dims."""
+    left, right, top, bottom = pad
+    return x[..., top: x.shape[-2] - bottom, left: x.shape[-1] - right]
+
+
+@torch.no_grad()
+def propagate_4d(
+    network: CSTM,
+    image: Tensor,
+    annotation: Tensor,
+    plan: Plan,
+    annotated: Frame,
+    max_batch: int = 32,
+    amp: bool = False,
+    progress: bool = False,
+) -> Tensor:
+    """Segment every frame of one study by executing ``plan`` with ``network``.
+
+    Every frame is key-encoded once, as a query; frames that later queries read are value-encoded once, from their
+    predicted class probabilities (one-hot for the annotation). Frames whose memory is ready are predicted together, in
+    batches of at most ``max_batch``.
+
+    Args:
+        network: a :class:`~scripts.networks.CSTM`, in eval mode.
+        image: (H, W, Z, T) normalised intensities, H and W multiples of ``network.size_multiple``.
+        annotation: (H, W) integer labels in [0, O) of the annotated frame.
+        plan: query frame -> memory frames.
+        annotated: (z_a, t_a).
+        max_batch: most query frames per network call (bounds memory).
+        amp: autocast the network (float16 on CUDA, bfloat16 on CPU).
+        progress: log one line per propagation level.
+    Returns:
+        labels (H, W, Z, T), uint8.
+    """
+    device = image.device
+    frames = image.permute(2, 3, 0, 1).unsqueeze(2)  # (Z, T, 1, H, W)
+    labels = torch.zeros(image.shape, dtype=torch.uint8, device=device)  # (H, W, Z, T)
+    labels[..., annotated[0], annotated[1]] = annotation.to(torch.uint8)
+    bank = MemoryBank(plan)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+        img = frames[annotated]  # (1, H, W)
+        img = img[None]  # (1, 1, H, W)
+        key = network.encode_key(img)
+        onehot = F.one_hot(annotation.long(), network.num_classes).permute(2, 0, 1)[None].float()  # (1, O, H, W)
+        value = network.encode_value(img, onehot, key)
+        bank.add([annotated], key.key16, key.key8, *value)
+        levels = dependency_levels(plan, annotated)
+        start = time.perf_counter()
+        for i, level in enumerate(levels):
+            # queries that read the same number of memory frames share one batch
+            for _, group in groupby(sorted(level, key=lambda f: len(plan[f])), key=lambda f: len(plan[f])):
+                group = list(group)
+                for b in range(0, len(group), max_batch):
+                    _predict(network, group[b: b + max_batch], plan, bank, frames, labels)
+            if progress:
+                logger.info(f"propagation level {i + 1}/{len(levels)}: {len(level)} frames, "
+                            f"{time.perf_counter() - start:.1f} s")
+    return labels
+
+
+def _predict(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, frames: Tensor, labels: Tensor) -> None:
+    """Predict one batch of query frames, store their labels, and add those that later queries read to ``bank``."""
+    zs, ts = map(list, zip(*batch))
+    imgs = frames[zs, ts]  # (B, 1, H, W)
+    key = network.encode_key(imgs)
+    memories = [plan[f] for f in batch]
+    probs = network.segment(key, bank.gather(memories)).float().softmax(1)  # (B, O, H, W)
+    labels[:, :, zs, ts] = probs.argmax(1).to(torch.uint8).permute(1, 2, 0)  # (H, W, B)
+    bank.release(memories)
+    keep = [i for i, f in enumerate(batch) if bank.needed(f)]
+    if keep:
+        sub = [batch[i] for i in keep]
+        k = type(key)(*(t[keep] for t in key))
+        value = network.encode_value(imgs[keep], probs[keep], k)
+        bank.add(sub, k.key16, k.key8, *value)
+
+
+class Propagation4DInferer(Inferer):
+    """Paper Fig. 5: along t in the annotated slice, then along z at every phase (phases batched).
+
+    Called by MONAI's ``SupervisedEvaluator`` as ``inferer(image, network, annotation=..., annotation_slice=...,
+    annotation_phase=...)``.
+
+    Args:
+        continuity: "both" (paper), "spatial" or "temporal" (paper Table 7).
+        time_memory_size: memory frames along t, the anchor included (paper: 2).
+        slice_memory_size: memory frames along z, the anchor included (paper: 2; apex slices add 1 temporal frame).
+        base_first: z = 0 is the most basal slice (decides which slices are apex).
+        max_batch: most query frames per network call.
+        amp: autocast (float16 on CUDA, bfloat16 on CPU).
+        progress: log one line per propagation level.
+    """
+
+    def __init__(
+        self,
+        continuity: Continuity = "both",
+        time_memory_size: int = 2,
+        slice_memory_size: int = 2,
+        base_first: bool = True,
+        max_batch: int = 32,
+        amp: bool = False,
+        progress: bool = False,
+    ):
+        super().__init__()
+        self.continuity = continuity
+        self.time_memory_size = time_memory_size
+        self.slice_memory_size = slice_memory_size
+        self.base_first = base_first
+        self.max_batch = max_batch
+        self.amp = amp
+        self.progress = progress
+
+    def plan(self, num_slices: int, num_phases: int, annotated: Frame) -> Plan:
+        """The propagation plan for one study; see :func:`~.schedule.plan_propagation`."""
+        return plan_propagation(num_slices, num_phases, annotated, self.continuity, self.time_memory_size,
+                                self.slice_memory_size, self.base_first)
+
+    def __call__(self, inputs: Tensor, network: CSTM, annotation: Tensor, annotation_slice: Any,
+                 annotation_phase: Any, *args: Any, **kwargs: Any) -> Tensor:
+        """Segment a batch of studies.
+
+        Args:
+            inputs: (B, 1, H, W, Z, T) normalised images.
+            network: the CSTM network.
+            annotation: (B, H, W) labels of the annotated frames.
+            annotation_slice, annotation_phase: (B,) tensors or ints, z_a and t_a of each study.
+        Returns:
+            labels (B, 1, H, W, Z, T), uint8.
+        """
+        if inputs.ndim != 6 or inputs.shape[1] != 1:
+            raise ValueError(f"expected inputs (B, 1, H, W, Z, T), got {tuple(inputs.shape)}.")
+        z_a = torch.as_tensor(annotation_slice).reshape(-1)
+        t_a = torch.as_tensor(annotation_phase).reshape(-1)
+        out = []
+        for b in range(inputs.shape[0]):
+            image = inputs[b, 0].float().permute(2, 3, 0, 1)  # (Z, T, H, W)
+            padded, pad = pad_to_multiple(image, network.size_multiple)
+            ann, _ = pad_to_multiple(annotation[b].reshape(annotation.shape[-2:]), network.size_multiple)
+            annotated = (int(z_a[b]), int(t_a[b]))
+            plan = self.plan(image.shape[0], image.shape[1], annotated)
+            labels = propagate_4d(network, padded.permute(2, 3, 0, 1), ann, plan, annotated, self.max_batch,
+                                  self.amp, self.progress)  # (H', W', Z, T)
+            out.append(crop_padding(labels.permute(2, 3, 0, 1), pad).permute(2, 3, 0, 1))  # (H, W, Z, T)
+        return torch.stack(out)[:, None]

@@ -1,0 +1,69 @@
+"""Atomic output writing: never a half-written file, never a silent overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .errors import CSTMInputError
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:
+    """Write ``path`` through ``write(tmp_path)`` into a temporary file in the same folder, then rename it.
+
+    The rename is atomic on POSIX file systems, so readers see either the old file, or no file, or the complete new
+    file. Two processes writing the same path both succeed; the last rename wins and the file is always valid.
+
+    Args:
+        path: the final file name.
+        write: called with a temporary path (same suffix as ``path``) that it must create.
+        overwrite: replace an existing ``path``; when False an existing file raises ``CSTMInputError``.
+    Returns:
+        the final path.
+    Raises:
+        CSTMInputError: ``path`` exists and ``overwrite`` is False, or its folder is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CSTMInputError(path, "output file exists", "a new output path, or overwrite=True (--overwrite true)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise CSTMInputError(path.parent, f"cannot write into this folder ({e.strerror})", "a writable output folder") from e
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, overwrite: bool = False,
+               header: nib.Nifti1Header | None = None) -> Path:
+    """Save ``array`` as NIfTI with ``affine`` (qform = sform), atomically; see :func:`write_atomic`."""
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64), header=header)
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    return write_atomic(path, lambda tmp: nib.save(img, tmp), overwrite)
+
+
+def save_json(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Save ``obj`` as indented JSON, atomically; see :func:`write_atomic`."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    return write_atomic(path, write, overwrite)

@@ -1,0 +1,15 @@
+"""CSTM network (paper §3): key/value encoders, patch-level memory matching, decoder.
+
+Shape legend used in every docstring of this package:
+    B  batch (query frames processed together)        O  classes incl. background (4: bg, RV, Myo, LV)
+    T  memory frames                                   Z  slices of a study
+    H, W  spatial size at the stride in question       N  patches of a feature map (PLMM)
+    P  patch side                                      K  top-k memory patches kept per query patch
+    C_k, C_v  key / value channels
+Paper "scale 4" is stride 16 and "scale 3" is stride 8; names here carry the stride (``key16``, ``value8``).
+"""
+
+from .cstm import CSTM, KeyFeatures, ValueFeatures
+from .matching import dense_readout, plm_readout
+
+__all__ = ["CSTM", "KeyFeatures", "ValueFeatures", "dense_readout", "plm_readout"]

@@ -1,0 +1,220 @@
+"""Memory matching and readout: dense (STCN) and patch-level (PLMM, paper §3.1-3.2). Pure functions + one module.
+
+Affinities follow STCN: the negative squared l2 distance -||k - q||², computed as 2 kᵀq - ||k||² (the ||q||² term is
+constant per query pixel and cancels in the softmax), scaled by 1/sqrt(C_k). Patch-level affinities (used only to rank
+memory patches, so their scale does not matter) are the same expression on flattened (C_k·P·P) patch vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _check_memory(query_key: Tensor, memory_key: Tensor, memory_value: Tensor) -> None:
+    if query_key.ndim != 4 or memory_key.ndim != 5 or memory_value.ndim != 5:
+        raise ValueError(
+            f"expected query_key (B, C_k, H, W), memory_key (B, C_k, T, H, W), memory_value (B, C_v, T, H, W); got "
+            f"{tuple(query_key.shape)}, {tuple(memory_key.shape)}, {tuple(memory_value.shape)}."
+        )
+    b, ck, h, w = query_key.shape
+    if memory_key.shape[:2] != (b, ck) or memory_key.shape[3:] != (h, w):
+        raise ValueError(f"memory_key {tuple(memory_key.shape)} does not match query_key {tuple(query_key.shape)}.")
+    if memory_value.shape[0] != b or memory_value.shape[2:] != memory_key.shape[2:]:
+        raise ValueError(f"memory_value {tuple(memory_value.shape)} does not match memory_key {tuple(memory_key.shape)}.")
+
+
+def dense_readout(query_key: Tensor, memory_key: Tensor, memory_value: Tensor) -> Tensor:
+    """Dense STCN readout: every query pixel attends to every memory pixel.
+
+    Args:
+        query_key: (B, C_k, H, W).
+        memory_key: (B, C_k, T, H, W).
+        memory_value: (B, C_v, T, H, W).
+    Returns:
+        readout (B, C_v, H, W).
+    """
+    _check_memory(query_key, memory_key, memory_value)
+    b, ck, h, w = query_key.shape
+    mk = memory_key.flatten(2)  # (B, C_k, T*H*W)
+    q = query_key.flatten(2)  # (B, C_k, H*W)
+    affinity = (2 * mk.transpose(1, 2) @ q - mk.pow(2).sum(1).unsqueeze(2)) / math.sqrt(ck)  # (B, T*H*W, H*W)
+    weights = affinity.softmax(dim=1)
+    readout = memory_value.flatten(2) @ weights  # (B, C_v, H*W)
+    return readout.unflatten(2, (h, w))  # (B, C_v, H, W)
+
+
+def unfold_patches(x: Tensor, patch_size: int) -> Tensor:
+    """Overlapping P×P patches with stride P//2.
+
+    Args:
+        x: (B, C, H, W) with H, W multiples of P//2 and >= P.
+    Returns:
+        (B, N, C, P*P), patches in row-major order of the patch grid.
+    """
+    b, c = x.shape[:2]
+    cols = F.unfold(x, patch_size, stride=patch_size // 2)  # (B, C*P*P, N)
+    return cols.unflatten(1, (c, patch_size * patch_size)).permute(0, 3, 1, 2)  # (B, N, C, P*P)
+
+
+def fold_patches(patches: Tensor, size: tuple[int, int], patch_size: int) -> Tensor:
+    """Inverse of :func:`unfold_patches` with overlap averaging (paper eq. 4).
+
+    Args:
+        patches: (B, N, C, P*P).
+        size: (H, W) of the map.
+    Returns:
+        (B, C, H, W), each pixel the mean of the patches that cover it.
+    """
+    stride = patch_size // 2
+    cols = patches.permute(0, 2, 3, 1).flatten(1, 2)  # (B, C*P*P, N)
+    summed = F.fold(cols, size, patch_size, stride=stride)  # (B, C, H, W)
+    ones = torch.ones(1, patch_size * patch_size, cols.shape[-1], dtype=cols.dtype, device=cols.device)
+    count = F.fold(ones, size, patch_size, stride=stride)  # (1, 1, H, W)
+    return summed / count
+
+
+def patch_grid_size(size: tuple[int, int], patch_size: int) -> tuple[int, int]:
+    """Number of P×P patches (stride P//2) along each axis of a (H, W) map; raises if the map is not tiled exactly."""
+    stride = patch_size // 2
+    if patch_size < 2 or patch_size % 2:
+        raise ValueError(f"patch_size must be even and >= 2, got {patch_size}.")
+    if any(s < patch_size or s % stride for s in size):
+        raise ValueError(
+            f"a feature map of size {tuple(size)} cannot be tiled by {patch_size}×{patch_size} patches with stride "
+            f"{stride}; expected sides that are multiples of {stride} and >= {patch_size} (pad the input)."
+        )
+    return (size[0] - patch_size) // stride + 1, (size[1] - patch_size) // stride + 1
+
+
+def topk_memory_patches(query_patches: Tensor, memory_patches: Tensor, top_k: int) -> Tensor:
+    """Indices of the top-K memory patches per query patch by patch-level l2 affinity (paper eq. 1).
+
+    Args:
+        query_patches: (B, N, C_k, P*P).
+        memory_patches: (B, T*N, C_k, P*P).
+    Returns:
+        topk_idx (B, N, K) into the T*N memory patches.
+    """
+    num_memory = memory_patches.shape[1]
+    if not 1 <= top_k <= num_memory:
+        raise ValueError(f"top_k must be in [1, {num_memory}] (memory patches T*N), got {top_k}.")
+    q = query_patches.flatten(2)  # (B, N, C_k*P*P)
+    k = memory_patches.flatten(2)  # (B, T*N, C_k*P*P)
+    affinity = 2 * q @ k.transpose(1, 2) - k.pow(2).sum(2).unsqueeze(1)  # (B, N, T*N)
+    return affinity.topk(top_k, dim=2).indices  # (B, N, K)
+
+
+def plm_readout(
+    query_key: Tensor,
+    memory_key: Tensor,
+    memory_value: Tensor,
+    patch_size: int = 6,
+    top_k: int = 4,
+    topk_idx: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Patch-level memory matching (PLMM, paper §3.1) at one stride.
+
+    Unfold into overlapping P×P patches with stride P//2. Each query patch keeps its top-K memory patches out of all
+    T*N by patch-level affinity; each query pixel softmaxes over the K*P*P pixels of those patches (eq. 2), reads out
+    their values (eq. 3), and folding averages the overlapping patch readouts (eq. 4). No (T*H*W, H*W) affinity is built.
+
+    Args:
+        query_key: (B, C_k, H, W), H and W multiples of P//2 and >= P.
+        memory_key: (B, C_k, T, H, W), the keys of the T memory frames.
+        memory_value: (B, C_v, T, H, W), the values of the same frames.
+        patch_size: P, even and >= 2 (paper: 6 at stride 16, 12 at stride 8).
+        top_k: K, memory patches kept per query patch, 1 <= K <= T*N (paper: 4).
+        topk_idx: (B, N, K) from the stride-16 call, reused at stride 8 (same patch grid, paper §3.2); None computes it.
+    Returns:
+        readout (B, C_v, H, W) and topk_idx (B, N, K).
+    Raises:
+        ValueError: shapes disagree, the map cannot be tiled by the patches, or K is out of range.
+    """
+    _check_memory(query_key, memory_key, memory_value)
+    b, ck, h, w = query_key.shape
+    t = memory_key.shape[2]
+    grid = patch_grid_size((h, w), patch_size)
+    n = grid[0] * grid[1]
+    q = unfold_patches(query_key, patch_size)  # (B, N, C_k, P*P)
+    mk = unfold_patches(memory_key.movedim(2, 1).flatten(0, 1), patch_size)  # (B*T, N, C_k, P*P)
+    mk = mk.unflatten(0, (b, t)).flatten(1, 2)  # (B, T*N, C_k, P*P)
+    mv = unfold_patches(memory_value.movedim(2, 1).flatten(0, 1), patch_size)  # (B*T, N, C_v, P*P)
+    mv = mv.unflatten(0, (b, t)).flatten(1, 2)  # (B, T*N, C_v, P*P)
+    if topk_idx is None:
+        topk_idx = topk_memory_patches(q, mk, top_k)
+    elif topk_idx.shape[:2] != (b, n) or int(topk_idx.max()) >= t * n:
+        raise ValueError(f"topk_idx {tuple(topk_idx.shape)} does not fit {n} query and {t * n} memory patches.")
+    batch = torch.arange(b, device=q.device)[:, None, None]
+    k_sel = mk[batch, topk_idx]  # (B, N, K, C_k, P*P)
+    v_sel = mv[batch, topk_idx]  # (B, N, K, C_v, P*P)
+    k_sel = k_sel.movedim(3, 2).flatten(3)  # (B, N, C_k, K*P*P)
+    v_sel = v_sel.movedim(3, 4).flatten(2, 3)  # (B, N, K*P*P, C_v)
+    q = q.transpose(2, 3)  # (B, N, P*P, C_k)
+    affinity = (2 * q @ k_sel - k_sel.pow(2).sum(2).unsqueeze(2)) / math.sqrt(ck)  # (B, N, P*P, K*P*P)
+    readout = affinity.softmax(dim=3) @ v_sel  # (B, N, P*P, C_v)
+    return fold_patches(readout.transpose(2, 3), (h, w), patch_size), topk_idx
+
+
+class PatchMemoryMatcher(nn.Module):
+    """Multi-scale memory readout (paper §3.2): PLMM (or dense, the STCN baseline) at strides 16 and/or 8.
+
+    In ``plm`` mode the top-K patch indices are computed at the coarsest matched stride and reused at stride 8, where the
+    patch side is doubled (P at stride 16, 2P at stride 8) so that both patch grids coincide.
+
+    Args:
+        mode: "plm" (paper) or "dense" (STCN baseline, every pixel against every memory pixel).
+        patch_size: P at stride 16 (paper: 6, Table 6).
+        top_k: K (paper: 4, Table 5).
+        strides: feature strides at which memory is read (paper: (16, 8), Table 4).
+    """
+
+    def __init__(
+        self,
+        mode: Literal["plm", "dense"] = "plm",
+        patch_size: int = 6,
+        top_k: int = 4,
+        strides: tuple[int, ...] = (16, 8),
+    ):
+        super().__init__()
+        if mode not in ("plm", "dense"):
+            raise ValueError(f"matching mode must be 'plm' or 'dense', got {mode!r}.")
+        if not strides or any(s not in (16, 8) for s in strides) or len(set(strides)) != len(strides):
+            raise ValueError(f"matching strides must be a non-empty subset of (16, 8), got {strides}.")
+        if patch_size < 2 or patch_size % 2:
+            raise ValueError(f"patch_size must be even and >= 2, got {patch_size}.")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}.")
+        self.mode, self.patch_size, self.top_k = mode, patch_size, top_k
+        self.strides = tuple(sorted(strides, reverse=True))
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (48 for P = 6: the stride-16 grid must tile by P//2)."""
+        return 16 * self.patch_size // 2 if self.mode == "plm" else 16
+
+    def forward(self, query_keys: dict[int, Tensor], memory_keys: dict[int, Tensor],
+                memory_values: dict[int, Tensor]) -> dict[int, Tensor]:
+        """Read memory at every configured stride.
+
+        Args:
+            query_keys: stride -> (B, C_k, H_s, W_s).
+            memory_keys: stride -> (B, C_k, T, H_s, W_s).
+            memory_values: stride -> (B, C_v(s), T, H_s, W_s).
+        Returns:
+            stride -> readout (B, C_v(s), H_s, W_s), for the configured strides.
+        """
+        readouts: dict[int, Tensor] = {}
+        topk_idx = None
+        for stride in self.strides:
+            q, k, v = query_keys[stride], memory_keys[stride], memory_values[stride]
+            if self.mode == "dense":
+                readouts[stride] = dense_readout(q, k, v)
+            else:
+                patch = self.patch_size * 16 // stride
+                readouts[stride], topk_idx = plm_readout(q, k, v, patch, self.top_k, topk_idx)
+        return readouts
