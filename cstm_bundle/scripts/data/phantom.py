@@ -204,8 +204,8 @@ def _paint_heart(background: np.ndarray, sdf: dict[str, np.ndarray], tone: dict[
 def _sample_tones(rng: np.random.Generator) -> dict[str, float]:
     """Tissue intensities of one study (before coil shading and noise)."""
     names = ("blood", "myo", "fat", "muscle", "tissue", "lung", "liver", "stomach", "aorta", "bone")
-    low = (0.9, 0.22, 0.75, 0.28, 0.38, 0.03, 0.55, 0.95, 1.05, 0.45)
-    high = (1.1, 0.35, 0.95, 0.38, 0.5, 0.08, 0.7, 1.1, 1.2, 0.6)
+    low = (0.9, 0.22, 0.75, 0.28, 0.38, 0.03, 0.55, 1.0, 1.1, 0.45)
+    high = (1.1, 0.35, 0.95, 0.38, 0.5, 0.08, 0.7, 1.15, 1.25, 0.6)
     tone = dict(zip(names, rng.uniform(low, high).tolist()))
     tone["stomach"] *= tone["blood"]  # distractors with LV-like intensity (aorta: inflow enhancement)
     tone["aorta"] *= tone["blood"]

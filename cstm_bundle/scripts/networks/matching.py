@@ -116,6 +116,7 @@ def plm_readout(
     patch_size: int = 6,
     top_k: int = 4,
     topk_idx: Tensor | None = None,
+    chunk_size: int | None = 16,
 ) -> tuple[Tensor, Tensor]:
     """Patch-level memory matching (PLMM, paper §3.1) at one stride.
 
@@ -130,13 +131,15 @@ def plm_readout(
         patch_size: P, even and >= 2 (paper: 6 at stride 16, 12 at stride 8).
         top_k: K, memory patches kept per query patch, 1 <= K <= T*N (paper: 4).
         topk_idx: (B, N, K) from the stride-16 call, reused at stride 8 (same patch grid, paper §3.2); None computes it.
+        chunk_size: query patches whose K memory patches are gathered at once (bounds the (B, chunk, K, C_v, P*P)
+            gathered values and the (B, chunk, P*P, K*P*P) affinity); None gathers all N at once.
     Returns:
         readout (B, C_v, H, W) and topk_idx (B, N, K).
     Raises:
         ValueError: shapes disagree, the map cannot be tiled by the patches, or K is out of range.
     """
     _check_memory(query_key, memory_key, memory_value)
-    b, ck, h, w = query_key.shape
+    b, _, h, w = query_key.shape
     t = memory_key.shape[2]
     grid = patch_grid_size((h, w), patch_size)
     n = grid[0] * grid[1]
@@ -149,15 +152,28 @@ def plm_readout(
         topk_idx = topk_memory_patches(q, mk, top_k)
     elif topk_idx.shape[:2] != (b, n) or int(topk_idx.max()) >= t * n:
         raise ValueError(f"topk_idx {tuple(topk_idx.shape)} does not fit {n} query and {t * n} memory patches.")
-    batch = torch.arange(b, device=q.device)[:, None, None]
-    k_sel = mk[batch, topk_idx]  # (B, N, K, C_k, P*P)
-    v_sel = mv[batch, topk_idx]  # (B, N, K, C_v, P*P)
-    k_sel = k_sel.movedim(3, 2).flatten(3)  # (B, N, C_k, K*P*P)
-    v_sel = v_sel.movedim(3, 4).flatten(2, 3)  # (B, N, K*P*P, C_v)
-    q = q.transpose(2, 3)  # (B, N, P*P, C_k)
-    affinity = (2 * q @ k_sel - k_sel.pow(2).sum(2).unsqueeze(2)) / math.sqrt(ck)  # (B, N, P*P, K*P*P)
-    readout = affinity.softmax(dim=3) @ v_sel  # (B, N, P*P, C_v)
+    step = chunk_size or n
+    readout = torch.cat([_patch_readout(q[:, i: i + step], mk, mv, topk_idx[:, i: i + step]) for i in range(0, n, step)],
+                        1)  # (B, N, P*P, C_v)
     return fold_patches(readout.transpose(2, 3), (h, w), patch_size), topk_idx
+
+
+def _patch_readout(q: Tensor, mk: Tensor, mv: Tensor, topk_idx: Tensor) -> Tensor:
+    """Pixel-level softmax readout within the top-K memory patches (paper eq. 2-3) for a chunk of query patches.
+
+    Args:
+        q: (B, n, C_k, P*P) query patches.
+        mk: (B, T*N, C_k, P*P) memory key patches.
+        mv: (B, T*N, C_v, P*P) memory value patches.
+        topk_idx: (B, n, K) indices into the T*N memory patches.
+    Returns:
+        (B, n, P*P, C_v) readout of every query pixel.
+    """
+    batch = torch.arange(q.shape[0], device=q.device)[:, None, None]
+    k_sel = mk[batch, topk_idx].movedim(3, 2).flatten(3)  # (B, n, C_k, K*P*P)
+    v_sel = mv[batch, topk_idx].movedim(3, 4).flatten(2, 3)  # (B, n, K*P*P, C_v)
+    affinity = 2 * q.transpose(2, 3) @ k_sel - k_sel.pow(2).sum(2).unsqueeze(2)  # (B, n, P*P, K*P*P)
+    return (affinity / math.sqrt(q.shape[2])).softmax(dim=3) @ v_sel  # (B, n, P*P, C_v)
 
 
 class PatchMemoryMatcher(nn.Module):
