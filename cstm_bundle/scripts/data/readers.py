@@ -70,6 +70,23 @@ def list_studies(
     return [{"image": str(p / IMAGE_FILE), "study": p.name, "study_dir": str(p)} for p in folders]
 
 
+APEX_DIRECTION_RAS = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)
+"""Typical base-to-apex direction of the heart's long axis in RAS+ coordinates: left, anterior, inferior."""
+
+
+def base_first_from_affine(affine: np.ndarray, min_cosine: float = 0.8) -> bool | None:
+    """Whether z = 0 is the most basal slice, from the slice direction of a scanner affine.
+
+    The slice step (affine column 2) of a short-axis stack runs along the long axis; if it points within
+    ``acos(min_cosine)`` of the typical base-to-apex direction (left, anterior, inferior) the stack is base first, if
+    it points the other way apex first. Axis-aligned affines (as in the ACDC files, whose geometry is not the
+    scanner's) say nothing about anatomy: None.
+    """
+    step = np.asarray(affine, dtype=float)[:3, 2]
+    cosine = float(step @ APEX_DIRECTION_RAS / max(np.linalg.norm(step), 1e-9))
+    return None if abs(cosine) < min_cosine else cosine > 0
+
+
 def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
     """``info.json`` of a study, checked for integer ``ed`` / ``es``; an empty dict when the file is absent."""
     path = Path(study_dir) / "info.json"

@@ -15,7 +15,8 @@ from monai.transforms import MapTransform, Randomizable
 
 from ..errors import CSTMInputError
 from ..io import save_nifti
-from .readers import IMAGE_FILE, read_info, read_label
+from .readers import IMAGE_FILE, base_first_from_affine, read_info, read_label
+from .roi import crop_resize, foreground_center, heart_box
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class LoadStudyd(MapTransform):
       ``info["annotated_phase"]``) if present, else from ``label_ed`` at phase ``info["ed"]``; the slice is the middle
       one of the non-empty labelled slices.
     - ``annotation_slice``, ``annotation_phase``: z_a and t_a.
+    - ``image_spacing``: (2,) in-plane spacing in mm of rows and columns, from the affine.
+    - ``base_first``: z = 0 is the most basal slice: ``info["base_first"]`` if given, else from an oblique scanner
+      affine (:func:`~.readers.base_first_from_affine`), else True (the ACDC and M&Ms convention).
     - with ``with_labels``: ``label`` (1, H, W, Z, T) uint8 holding ``label_ed``/``label_es`` on their annotated slices
       and :data:`UNLABELLED` everywhere else; ``ed``, ``es``.
 
@@ -71,7 +75,10 @@ class LoadStudyd(MapTransform):
         if arr.min() == arr.max():
             raise CSTMInputError(path, f"image is constant ({arr.min()})", "an image with contrast")
         affine = nib.load(str(path)).affine
+        d["image_spacing"] = torch.as_tensor(np.linalg.norm(affine[:3, :2], axis=0), dtype=torch.float32)  # (2,) mm
         info = read_info(d["study_dir"])
+        from_affine = base_first_from_affine(affine)
+        d["base_first"] = bool(info.get("base_first", True if from_affine is None else from_affine))
         d.update(self._annotation(Path(d["study_dir"]), info, shape, affine))
         if self.with_labels:
             d.update(self._labels(Path(d["study_dir"]), info, shape, affine))
@@ -125,7 +132,7 @@ class RandTripletd(Randomizable, MapTransform):
         temporal_prob: probability of a sample along t.
         max_slice_distance: largest z distance between the first and last slice of a sample along z (paper: 5).
     Returns:
-        a list of dicts with ``frames`` (3, H, W) float32 and ``masks`` (3, H, W) uint8.
+        a list of dicts with ``frames`` (3, H, W) float32, ``masks`` (3, H, W) uint8 and the study's ``image_spacing``.
     """
 
     def __init__(self, keys: KeysCollection = ("image", "label"), num_samples: int = 4, temporal_prob: float = 0.5,
@@ -175,8 +182,41 @@ class RandTripletd(Randomizable, MapTransform):
             samples.append({
                 "frames": torch.as_tensor(image[:, :, zs, ts]).permute(2, 0, 1).float(),  # (3, H, W)
                 "masks": torch.as_tensor(label[:, :, zs, ts]).permute(2, 0, 1),  # (3, H, W)
+                "image_spacing": d["image_spacing"],
             })
         return samples
+
+
+class RandHeartCropd(Randomizable, MapTransform):
+    """Crop training samples to the heart ROI that inference uses (:mod:`.roi`), around frame 1's labelled heart
+    shifted by up to ``jitter`` ROI pixels, and resample it to ``roi_size`` pixels of ``spacing`` mm.
+
+    Args:
+        keys: (frames key, masks key), each (3, H, W); the sample also carries ``image_spacing``.
+        roi_size: ROI side in pixels (as the inferer's).
+        spacing: ROI pixel spacing in mm (as the inferer's).
+        jitter: largest shift of the ROI centre, in ROI pixels.
+    """
+
+    def __init__(self, keys: KeysCollection = ("frames", "masks"), roi_size: int = 192, spacing: float = 0.9,
+                 jitter: int = 24):
+        MapTransform.__init__(self, keys)
+        self.roi_size, self.spacing, self.jitter = roi_size, spacing, jitter
+
+    def randomize(self, data: Any = None) -> None:
+        self._shift = self.R.uniform(-self.jitter, self.jitter, 2) * self.spacing  # mm
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        frames_key, masks_key = self.keys
+        self.randomize()
+        input_spacing = torch.as_tensor(d["image_spacing"]).tolist()
+        center = foreground_center(torch.as_tensor(d[masks_key][0]) % UNLABELLED)
+        center = (center[0] + self._shift[0] / input_spacing[0], center[1] + self._shift[1] / input_spacing[1])
+        box = heart_box(center, input_spacing, self.roi_size, self.spacing)
+        d[frames_key] = crop_resize(torch.as_tensor(d[frames_key])[None], box, self.roi_size)[0]
+        d[masks_key] = crop_resize(torch.as_tensor(d[masks_key])[None], box, self.roi_size, "nearest")[0]
+        return d
 
 
 class SelectLabelledFramesd(MapTransform):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import Tensor
 
+from ..data.roi import crop_resize, foreground_center, heart_box, paste_labels
 from ..networks.cstm import CSTM
 from .memory import MemoryBank
 from .schedule import Continuity, Frame, Plan, dependency_levels, plan_propagation
@@ -47,6 +48,7 @@ def propagate_4d(
     max_batch: int = 32,
     amp: bool = False,
     progress: bool = False,
+    trace: list[tuple[int, Frame, tuple[Frame, ...]]] | None = None,
 ) -> Tensor:
     """Segment every frame of one study by executing ``plan`` with ``network``.
 
@@ -63,6 +65,7 @@ def propagate_4d(
         max_batch: most query frames per network call (bounds memory).
         amp: autocast the network (float16 on CUDA, bfloat16 on CPU).
         progress: log one line per propagation level.
+        trace: if given, receives one (level, query frame, memory frames read) per prediction, in execution order.
     Returns:
         labels (H, W, Z, T), uint8.
     """
@@ -87,7 +90,10 @@ def propagate_4d(
             for _, group in groupby(sorted(level, key=lambda f: len(plan[f])), key=lambda f: len(plan[f])):
                 group = list(group)
                 for b in range(0, len(group), max_batch):
-                    _predict(network, group[b: b + max_batch], plan, bank, frames, labels)
+                    batch = group[b: b + max_batch]
+                    _predict(network, batch, plan, bank, frames, labels)
+                    if trace is not None:
+                        trace.extend((i, f, plan[f]) for f in batch)
             if progress:
                 logger.info(f"propagation level {i + 1}/{len(levels)}: {len(level)} frames, "
                             f"{time.perf_counter() - start:.1f} s")
@@ -115,13 +121,19 @@ class Propagation4DInferer(Inferer):
     """Paper Fig. 5: along t in the annotated slice, then along z at every phase (phases batched).
 
     Called by MONAI's ``SupervisedEvaluator`` as ``inferer(image, network, annotation=..., annotation_slice=...,
-    annotation_phase=...)``.
+    annotation_phase=..., image_spacing=...)``. With ``roi_size`` set, every frame is cropped to a square of
+    ``roi_size * spacing`` mm around the annotated heart and resampled to ``roi_size`` pixels (see
+    :mod:`scripts.data.roi`); the labels are mapped back onto the input grid, background outside the ROI. Without it,
+    whole frames are zero-padded to the network's size multiple.
 
     Args:
         continuity: "both" (paper), "spatial" or "temporal" (paper Table 7).
         time_memory_size: memory frames along t, the anchor included (paper: 2).
         slice_memory_size: memory frames along z, the anchor included (paper: 2; apex slices add 1 temporal frame).
-        base_first: z = 0 is the most basal slice (decides which slices are apex).
+        base_first: z = 0 is the most basal slice (decides which slices are apex); None takes each study's own
+            ``base_first`` (from :class:`~scripts.data.LoadStudyd`), else True.
+        roi_size: side of the heart ROI in pixels, a multiple of the network's size multiple; None for whole frames.
+        spacing: pixel spacing of the ROI in mm.
         max_batch: most query frames per network call.
         amp: autocast (float16 on CUDA, bfloat16 on CPU).
         progress: log one line per propagation level.
@@ -132,7 +144,9 @@ class Propagation4DInferer(Inferer):
         continuity: Continuity = "both",
         time_memory_size: int = 2,
         slice_memory_size: int = 2,
-        base_first: bool = True,
+        base_first: bool | None = None,
+        roi_size: int | None = 192,
+        spacing: float = 0.9,
         max_batch: int = 32,
         amp: bool = False,
         progress: bool = False,
@@ -142,17 +156,20 @@ class Propagation4DInferer(Inferer):
         self.time_memory_size = time_memory_size
         self.slice_memory_size = slice_memory_size
         self.base_first = base_first
+        self.roi_size = roi_size
+        self.spacing = spacing
         self.max_batch = max_batch
         self.amp = amp
         self.progress = progress
 
-    def plan(self, num_slices: int, num_phases: int, annotated: Frame) -> Plan:
+    def plan(self, num_slices: int, num_phases: int, annotated: Frame, base_first: bool = True) -> Plan:
         """The propagation plan for one study; see :func:`~.schedule.plan_propagation`."""
         return plan_propagation(num_slices, num_phases, annotated, self.continuity, self.time_memory_size,
-                                self.slice_memory_size, self.base_first)
+                                self.slice_memory_size, base_first if self.base_first is None else self.base_first)
 
     def __call__(self, inputs: Tensor, network: CSTM, annotation: Tensor, annotation_slice: Any,
-                 annotation_phase: Any, *args: Any, **kwargs: Any) -> Tensor:
+                 annotation_phase: Any, image_spacing: Any = None, base_first: Any = True, *args: Any,
+                 **kwargs: Any) -> Tensor:
         """Segment a batch of studies.
 
         Args:
@@ -160,21 +177,39 @@ class Propagation4DInferer(Inferer):
             network: the CSTM network.
             annotation: (B, H, W) labels of the annotated frames.
             annotation_slice, annotation_phase: (B,) tensors or ints, z_a and t_a of each study.
+            image_spacing: (B, 2) in-plane spacing (mm) of rows and columns; needed with ``roi_size``.
+            base_first: (B,) per-study slice order, used unless the inferer's ``base_first`` is set.
         Returns:
             labels (B, 1, H, W, Z, T), uint8.
         """
         if inputs.ndim != 6 or inputs.shape[1] != 1:
             raise ValueError(f"expected inputs (B, 1, H, W, Z, T), got {tuple(inputs.shape)}.")
+        if self.roi_size is not None and (image_spacing is None or self.roi_size % network.size_multiple):
+            raise ValueError(f"roi_size={self.roi_size} needs image_spacing and a multiple of {network.size_multiple}.")
         z_a = torch.as_tensor(annotation_slice).reshape(-1)
         t_a = torch.as_tensor(annotation_phase).reshape(-1)
+        base = torch.as_tensor(base_first).reshape(-1).expand(inputs.shape[0])
         out = []
         for b in range(inputs.shape[0]):
             image = inputs[b, 0].float().permute(2, 3, 0, 1)  # (Z, T, H, W)
-            padded, pad = pad_to_multiple(image, network.size_multiple)
-            ann, _ = pad_to_multiple(annotation[b].reshape(annotation.shape[-2:]), network.size_multiple)
+            ann = annotation[b].reshape(annotation.shape[-2:])  # (H, W)
             annotated = (int(z_a[b]), int(t_a[b]))
-            plan = self.plan(image.shape[0], image.shape[1], annotated)
-            labels = propagate_4d(network, padded.permute(2, 3, 0, 1), ann, plan, annotated, self.max_batch,
-                                  self.amp, self.progress)  # (H', W', Z, T)
-            out.append(crop_padding(labels.permute(2, 3, 0, 1), pad).permute(2, 3, 0, 1))  # (H, W, Z, T)
+            plan = self.plan(image.shape[0], image.shape[1], annotated, bool(base[b]))
+            if self.roi_size is None:
+                frames, pad = pad_to_multiple(image, network.size_multiple)
+                ann_in, _ = pad_to_multiple(ann, network.size_multiple)
+            else:
+                box = heart_box(foreground_center(ann), tuple(torch.as_tensor(image_spacing).reshape(-1, 2)[b].tolist()),
+                                self.roi_size, self.spacing)
+                frames = crop_resize(image, box, self.roi_size)  # (Z, T, S, S)
+                ann_in = crop_resize(ann[None, None], box, self.roi_size, "nearest")[0, 0]  # (S, S)
+            labels = propagate_4d(network, frames.permute(2, 3, 0, 1), ann_in, plan, annotated, self.max_batch,
+                                  self.amp, self.progress).permute(2, 3, 0, 1)  # (Z, T, S, S)
+            if self.roi_size is None:
+                labels = crop_padding(labels, pad)
+            else:
+                labels = torch.stack([paste_labels(per_slice, box, image.shape[-2:], network.num_classes)
+                                      for per_slice in labels])  # (Z, T, H, W), one slice at a time bounds memory
+            labels[annotated] = ann.to(labels)  # the annotated frame is given, not predicted
+            out.append(labels.permute(2, 3, 0, 1))  # (H, W, Z, T)
         return torch.stack(out)[:, None]

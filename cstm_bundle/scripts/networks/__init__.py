@@ -9,7 +9,10 @@ Shape legend used in every docstring of this package:
 Paper "scale 4" is stride 16 and "scale 3" is stride 8; names here carry the stride (``key16``, ``value8``).
 """
 
-from .cstm import CSTM, KeyFeatures, ValueFeatures
-from .matching import dense_readout, plm_readout
+from .cstm import CSTM, VARIANTS, KeyFeatures, Memory, ValueFeatures, build_cstm, stack_memory
+from .matching import PatchMemoryMatcher, dense_readout, plm_readout
 
-__all__ = ["CSTM", "KeyFeatures", "ValueFeatures", "dense_readout", "plm_readout"]
+__all__ = [
+    "CSTM", "VARIANTS", "KeyFeatures", "Memory", "PatchMemoryMatcher", "ValueFeatures", "build_cstm", "dense_readout",
+    "plm_readout", "stack_memory",
+]

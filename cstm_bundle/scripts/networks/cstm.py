@@ -102,10 +102,10 @@ class CSTM(nn.Module):
     def _check_image(self, image: Tensor) -> None:
         if image.ndim != 4 or image.shape[1] != 1:
             raise ValueError(f"expected image (B, 1, H, W), got {tuple(image.shape)}.")
-        if image.shape[-2] % self.size_multiple or image.shape[-1] % self.size_multiple:
-            raise ValueError(
-                f"image size {tuple(image.shape[-2:])} is not a multiple of {self.size_multiple}; pad it first."
-            )
+        m, smallest = self.size_multiple, self.matcher.min_size
+        if any(s % m or s < smallest for s in image.shape[-2:]):
+            raise ValueError(f"image size {tuple(image.shape[-2:])} must be multiples of {m} and at least {smallest}; "
+                             "pad it first.")
 
     def encode_key(self, image: Tensor) -> KeyFeatures:
         """Key encoder (Siamese: shared by query and memory frames).
@@ -170,3 +170,25 @@ def stack_memory(keys: list[KeyFeatures], values: list[ValueFeatures]) -> Memory
         torch.stack([v.value16 for v in values], 2),
         torch.stack([v.value8 for v in values], 2),
     )
+
+
+VARIANTS: dict[str, dict] = {
+    "full": {},  # the paper's (§3.4): the constructor defaults
+    "small": {  # narrow encoders for CPU training and the shipped demo weights
+        "key_block": "basic", "key_layers": (1, 1, 1), "key_widths": (32, 64, 128),
+        "value_block": "basic", "value_layers": (1, 1, 1), "value_widths": (16, 32, 64),
+        "value_channels": (128, 64), "decoder_channels": (128, 64, 64),
+    },
+}
+
+
+def build_cstm(variant: Literal["full", "small"] = "full", **kwargs) -> CSTM:
+    """A :class:`CSTM` of a named size: "full" (paper, 46 M parameters) or "small" (2.1 M, CPU).
+
+    Args:
+        variant: a key of :data:`VARIANTS`.
+        kwargs: further :class:`CSTM` arguments (num_classes, matching options); they override the variant's.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown CSTM variant {variant!r}; expected one of {sorted(VARIANTS)}.")
+    return CSTM(**{**VARIANTS[variant], **kwargs})

@@ -54,24 +54,24 @@ def unfold_patches(x: Tensor, patch_size: int) -> Tensor:
     Args:
         x: (B, C, H, W) with H, W multiples of P//2 and >= P.
     Returns:
-        (B, N, C, P*P), patches in row-major order of the patch grid.
+        (B, N, P*P, C), patches in row-major order of the patch grid, pixels in row-major order within a patch.
     """
     b, c = x.shape[:2]
     cols = F.unfold(x, patch_size, stride=patch_size // 2)  # (B, C*P*P, N)
-    return cols.unflatten(1, (c, patch_size * patch_size)).permute(0, 3, 1, 2)  # (B, N, C, P*P)
+    return cols.unflatten(1, (c, patch_size * patch_size)).permute(0, 3, 2, 1).contiguous()  # (B, N, P*P, C)
 
 
 def fold_patches(patches: Tensor, size: tuple[int, int], patch_size: int) -> Tensor:
     """Inverse of :func:`unfold_patches` with overlap averaging (paper eq. 4).
 
     Args:
-        patches: (B, N, C, P*P).
+        patches: (B, N, P*P, C).
         size: (H, W) of the map.
     Returns:
         (B, C, H, W), each pixel the mean of the patches that cover it.
     """
     stride = patch_size // 2
-    cols = patches.permute(0, 2, 3, 1).flatten(1, 2)  # (B, C*P*P, N)
+    cols = patches.permute(0, 3, 2, 1).flatten(1, 2)  # (B, C*P*P, N)
     summed = F.fold(cols, size, patch_size, stride=stride)  # (B, C, H, W)
     ones = torch.ones(1, patch_size * patch_size, cols.shape[-1], dtype=cols.dtype, device=cols.device)
     count = F.fold(ones, size, patch_size, stride=stride)  # (1, 1, H, W)
@@ -95,8 +95,8 @@ def topk_memory_patches(query_patches: Tensor, memory_patches: Tensor, top_k: in
     """Indices of the top-K memory patches per query patch by patch-level l2 affinity (paper eq. 1).
 
     Args:
-        query_patches: (B, N, C_k, P*P).
-        memory_patches: (B, T*N, C_k, P*P).
+        query_patches: (B, N, P*P, C_k).
+        memory_patches: (B, T*N, P*P, C_k).
     Returns:
         topk_idx (B, N, K) into the T*N memory patches.
     """
@@ -143,44 +143,47 @@ def plm_readout(
     t = memory_key.shape[2]
     grid = patch_grid_size((h, w), patch_size)
     n = grid[0] * grid[1]
-    q = unfold_patches(query_key, patch_size)  # (B, N, C_k, P*P)
-    mk = unfold_patches(memory_key.movedim(2, 1).flatten(0, 1), patch_size)  # (B*T, N, C_k, P*P)
-    mk = mk.unflatten(0, (b, t)).flatten(1, 2)  # (B, T*N, C_k, P*P)
-    mv = unfold_patches(memory_value.movedim(2, 1).flatten(0, 1), patch_size)  # (B*T, N, C_v, P*P)
-    mv = mv.unflatten(0, (b, t)).flatten(1, 2)  # (B, T*N, C_v, P*P)
+    q = unfold_patches(query_key, patch_size)  # (B, N, P*P, C_k)
+    mk = unfold_patches(memory_key.movedim(2, 1).flatten(0, 1), patch_size)  # (B*T, N, P*P, C_k)
+    mk = mk.unflatten(0, (b, t)).flatten(1, 2)  # (B, T*N, P*P, C_k)
+    mv = unfold_patches(memory_value.movedim(2, 1).flatten(0, 1), patch_size)  # (B*T, N, P*P, C_v)
+    mv = mv.unflatten(0, (b, t)).flatten(1, 2)  # (B, T*N, P*P, C_v)
     if topk_idx is None:
         topk_idx = topk_memory_patches(q, mk, top_k)
     elif topk_idx.shape[:2] != (b, n) or int(topk_idx.max()) >= t * n:
         raise ValueError(f"topk_idx {tuple(topk_idx.shape)} does not fit {n} query and {t * n} memory patches.")
+    mk_sq = mk.pow(2).sum(3)  # (B, T*N, P*P)
     step = chunk_size or n
-    readout = torch.cat([_patch_readout(q[:, i: i + step], mk, mv, topk_idx[:, i: i + step]) for i in range(0, n, step)],
-                        1)  # (B, N, P*P, C_v)
-    return fold_patches(readout.transpose(2, 3), (h, w), patch_size), topk_idx
+    readout = torch.cat([_patch_readout(q[:, i: i + step], mk, mk_sq, mv, topk_idx[:, i: i + step])
+                         for i in range(0, n, step)], 1)  # (B, N, P*P, C_v)
+    return fold_patches(readout, (h, w), patch_size), topk_idx
 
 
-def _patch_readout(q: Tensor, mk: Tensor, mv: Tensor, topk_idx: Tensor) -> Tensor:
+def _patch_readout(q: Tensor, mk: Tensor, mk_sq: Tensor, mv: Tensor, topk_idx: Tensor) -> Tensor:
     """Pixel-level softmax readout within the top-K memory patches (paper eq. 2-3) for a chunk of query patches.
 
     Args:
-        q: (B, n, C_k, P*P) query patches.
-        mk: (B, T*N, C_k, P*P) memory key patches.
-        mv: (B, T*N, C_v, P*P) memory value patches.
+        q: (B, n, P*P, C_k) query patches.
+        mk: (B, T*N, P*P, C_k) memory key patches; mk_sq (B, T*N, P*P) their squared norms.
+        mv: (B, T*N, P*P, C_v) memory value patches.
         topk_idx: (B, n, K) indices into the T*N memory patches.
     Returns:
         (B, n, P*P, C_v) readout of every query pixel.
     """
     batch = torch.arange(q.shape[0], device=q.device)[:, None, None]
-    k_sel = mk[batch, topk_idx].movedim(3, 2).flatten(3)  # (B, n, C_k, K*P*P)
-    v_sel = mv[batch, topk_idx].movedim(3, 4).flatten(2, 3)  # (B, n, K*P*P, C_v)
-    affinity = 2 * q.transpose(2, 3) @ k_sel - k_sel.pow(2).sum(2).unsqueeze(2)  # (B, n, P*P, K*P*P)
-    return (affinity / math.sqrt(q.shape[2])).softmax(dim=3) @ v_sel  # (B, n, P*P, C_v)
+    k_sel = mk[batch, topk_idx].flatten(2, 3)  # (B, n, K*P*P, C_k)
+    k_sq = mk_sq[batch, topk_idx].flatten(2)  # (B, n, K*P*P)
+    v_sel = mv[batch, topk_idx].flatten(2, 3)  # (B, n, K*P*P, C_v)
+    affinity = 2 * q @ k_sel.transpose(2, 3) - k_sq.unsqueeze(2)  # (B, n, P*P, K*P*P)
+    return (affinity / math.sqrt(q.shape[3])).softmax(dim=3) @ v_sel  # (B, n, P*P, C_v)
 
 
 class PatchMemoryMatcher(nn.Module):
     """Multi-scale memory readout (paper §3.2): PLMM (or dense, the STCN baseline) at strides 16 and/or 8.
 
     In ``plm`` mode the top-K patch indices are computed at the coarsest matched stride and reused at stride 8, where the
-    patch side is doubled (P at stride 16, 2P at stride 8) so that both patch grids coincide.
+    patch side is doubled (P at stride 16, 2P at stride 8) so that both patch grids coincide. When the memory holds
+    fewer than K patches (small inputs, one memory frame) every memory patch is read: K = min(K, T*N).
 
     Args:
         mode: "plm" (paper) or "dense" (STCN baseline, every pixel against every memory pixel).
@@ -213,6 +216,11 @@ class PatchMemoryMatcher(nn.Module):
         """Input sides must be multiples of this (48 for P = 6: the stride-16 grid must tile by P//2)."""
         return 16 * self.patch_size // 2 if self.mode == "plm" else 16
 
+    @property
+    def min_size(self) -> int:
+        """Smallest input side: the stride-16 map must hold one P×P patch in ``plm`` mode."""
+        return 16 * self.patch_size if self.mode == "plm" else 16
+
     def forward(self, query_keys: dict[int, Tensor], memory_keys: dict[int, Tensor],
                 memory_values: dict[int, Tensor]) -> dict[int, Tensor]:
         """Read memory at every configured stride.
@@ -232,5 +240,6 @@ class PatchMemoryMatcher(nn.Module):
                 readouts[stride] = dense_readout(q, k, v)
             else:
                 patch = self.patch_size * 16 // stride
-                readouts[stride], topk_idx = plm_readout(q, k, v, patch, self.top_k, topk_idx)
+                top_k = min(self.top_k, k.shape[2] * math.prod(patch_grid_size(q.shape[-2:], patch)))
+                readouts[stride], topk_idx = plm_readout(q, k, v, patch, top_k, topk_idx)
         return readouts

@@ -1,0 +1,158 @@
+"""Benchmarks, run on purpose (never from the test suite). From ``cstm_bundle/``:
+
+    python -m scripts.benchmarks matching [--size 384] [--device cuda] [--repeats 5]
+    python -m scripts.benchmarks inference [--sizes 240,384] [--variants small,full] [--device cuda] [--amp true]
+
+``matching`` times one memory readout (all configured strides) of the full variant's channel widths (C_k = 32,
+C_v = 512 at stride 16 and 256 at stride 8) for PLMM (strides 16 + 8), dense (16 + 8) and dense (16 only, STCN), for
+T = 2 and 3 memory frames, and prints a table with ratios to dense (16 + 8). Peak memory: on CUDA the allocator's
+peak above the inputs; on CPU each case runs in a fresh subprocess and reports its peak resident memory above the
+resident memory measured just before the readout (Linux ``ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+
+import fire
+import torch
+
+from .networks.matching import PatchMemoryMatcher
+
+logger = logging.getLogger(__name__)
+
+CASES = {"plm 16+8": ("plm", (16, 8)), "dense 16+8": ("dense", (16, 8)), "dense 16 (STCN)": ("dense", (16,))}
+KEY_CHANNELS, VALUE_CHANNELS = 32, {16: 512, 8: 256}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def matching_case(case: str, size: int = 384, memory_frames: int = 2, device: str = "cpu", repeats: int = 5,
+                  patch_size: int = 6, top_k: int = 4) -> dict[str, float]:
+    """Time and peak memory of one readout configuration (one query frame); returns ms and MiB."""
+    mode, strides = CASES[case]
+    matcher = PatchMemoryMatcher(mode, patch_size, top_k, strides)
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(dev)
+
+    q = {s: rand(1, KEY_CHANNELS, size // s, size // s) for s in strides}
+    k = {s: rand(1, KEY_CHANNELS, memory_frames, size // s, size // s) for s in strides}
+    v = {s: rand(1, VALUE_CHANNELS[s], memory_frames, size // s, size // s) for s in strides}
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_mib()
+    with torch.no_grad():
+        matcher(q, k, v)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            matcher(q, k, v)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    if dev.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"ms": 1000 * sorted(times)[len(times) // 2], "peak_mib": peak}
+
+
+def matching(size: int = 384, device: str = "cpu", repeats: int = 5) -> None:
+    """Print the readout table: median ms and peak MiB per case, with ratios to dense 16+8."""
+    rows = []
+    for frames in (2, 3):
+        results = {case: _in_subprocess("matching_case", case, size, frames, device, repeats) for case in CASES}
+        ref = results["dense 16+8"]
+        for case, r in results.items():
+            rows.append(f"| {frames} | {case} | {r['ms']:.1f} | {r['ms'] / ref['ms']:.2f} | {r['peak_mib']:.1f} | "
+                        f"{r['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f} |")
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    table = "\n".join([
+        f"Memory readout, one {size}x{size} query frame, full-variant widths, fp32, {name}",
+        "| T | matching | ms | time vs dense 16+8 | peak MiB | memory vs dense 16+8 |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ])
+    print(table)
+
+
+def inference_case(variant: str, size: int, max_batch: int, device: str = "cpu", amp: bool = False,
+                   num_slices: int = 12, num_phases: int = 30) -> dict[str, float]:
+    """Whole-study 4D propagation of one phantom study at ROI size ``size``; returns frames/s and peak MiB."""
+    from .data.phantom import make_phantom_study
+    from .inferers import Propagation4DInferer
+    from .networks import build_cstm
+
+    dev = torch.device(device)
+    study = make_phantom_study(seed=0, num_slices=num_slices, num_phases=num_phases)
+    image = torch.as_tensor(study.image)[None, None].to(dev)  # (1, 1, H, W, Z, T)
+    z_a = num_slices // 2
+    annotation = torch.as_tensor(study.label[:, :, z_a, study.ed])[None].to(dev)
+    network = build_cstm(variant).to(dev).eval()
+    roi_mm = 192 * 0.9  # the default ROI (173 mm), sampled at ``size`` pixels
+    inferer = Propagation4DInferer(roi_size=size, spacing=roi_mm / size, max_batch=max_batch, amp=amp)
+    kwargs = dict(annotation=annotation, annotation_slice=z_a, annotation_phase=study.ed,
+                  image_spacing=torch.tensor([[1.8, 1.8]]))
+    if dev.type == "cuda":
+        inferer(image, network, **kwargs)  # warm-up (cuDNN autotuning, allocator)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_mib()
+    start = time.perf_counter()
+    inferer(image, network, **kwargs)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    seconds = time.perf_counter() - start
+    return {"fps": num_slices * num_phases / seconds, "seconds": seconds, "peak_mib": peak}
+
+
+def _in_subprocess(fn: str, *args: object) -> dict[str, float]:
+    code = (f"import json; from scripts.benchmarks import {fn}; "
+            f"print(json.dumps({fn}(*json.loads({json.dumps(list(args))!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def inference(sizes: str = "240,384", variants: str = "small,full", device: str = "cpu", amp: bool = False,
+              serial: bool = True) -> None:
+    """Print whole-study frames/s and peak memory of the 4D propagation (12 slices × 30 phases), batched (all frames
+    whose memory is ready in one call) vs frame by frame (``max_batch=1``, the paper's serial order)."""
+    rows = []
+    for variant in str(variants).split(","):
+        for size in map(int, str(sizes).split(",")):
+            batched = _in_subprocess("inference_case", variant, size, 64, device, amp)
+            line = f"| {variant} | {size} | {batched['fps']:.1f} | {batched['peak_mib']:.0f} |"
+            if serial:
+                one = _in_subprocess("inference_case", variant, size, 1, device, amp)
+                line += f" {one['fps']:.1f} | {one['peak_mib']:.0f} | {batched['fps'] / one['fps']:.2f} |"
+            rows.append(line)
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print("\n".join([
+        f"4D propagation of a 12-slice x 30-phase study (360 frames), {name}, {'AMP' if amp else 'fp32'}",
+        "| variant | ROI px | batched frames/s | batched peak MiB | serial frames/s | serial peak MiB | batched/serial |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]))
+
+
+if __name__ == "__main__":
+    fire.Fire({"matching": matching, "inference": inference})

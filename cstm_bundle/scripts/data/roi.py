@@ -1,0 +1,86 @@
+"""Heart region of interest: a square of fixed size in mm around the heart, resampled to a fixed pixel spacing.
+
+The network sees every study at the same scale (``roi_size`` pixels of ``spacing`` mm, e.g. 192 px of 0.9 mm), so that
+the heart spans several stride-16 feature pixels whatever the scanner's resolution or field of view; the paper gets the
+same effect by resizing ACDC/M&Ms frames to a shorter side of 384. Training samples and inference share these functions.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Box(NamedTuple):
+    """A rectangle in input pixels; it may extend beyond the image (the outside reads as zeros)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def heart_box(center: tuple[float, float], input_spacing: tuple[float, float], roi_size: int, spacing: float) -> Box:
+    """The input-pixel rectangle covering ``roi_size * spacing`` mm on each side, centred on ``center``.
+
+    Args:
+        center: (row, column) in input pixels, e.g. the centroid of the annotated heart.
+        input_spacing: (row, column) spacing of the input in mm.
+        roi_size: side of the ROI in target pixels.
+        spacing: target pixel spacing in mm.
+    """
+    height = max(1, round(roi_size * spacing / float(input_spacing[0])))
+    width = max(1, round(roi_size * spacing / float(input_spacing[1])))
+    return Box(round(center[0] - height / 2), round(center[1] - width / 2), height, width)
+
+
+def foreground_center(mask: Tensor) -> tuple[float, float]:
+    """Centroid (row, column) of the non-zero pixels of a (H, W) mask; the image centre when the mask is empty."""
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    if rows.numel() == 0:
+        return (mask.shape[0] - 1) / 2, (mask.shape[1] - 1) / 2
+    return rows.float().mean().item(), cols.float().mean().item()
+
+
+def crop_resize(x: Tensor, box: Box, size: int, mode: str = "bilinear") -> Tensor:
+    """Crop ``box`` out of ``x`` (zeros outside the image) and resize it to ``size`` × ``size``.
+
+    Args:
+        x: (N, C, H, W).
+        mode: "bilinear" for images, "nearest" for labels.
+    Returns:
+        (N, C, size, size), the dtype of ``x``.
+    """
+    h, w = x.shape[-2:]
+    pad = (max(0, -box.left), max(0, box.left + box.width - w), max(0, -box.top), max(0, box.top + box.height - h))
+    crop = F.pad(x, pad)[..., box.top + pad[2]: box.top + pad[2] + box.height,
+                         box.left + pad[0]: box.left + pad[0] + box.width]
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(crop.float(), size=(size, size), mode=mode, **kwargs).to(x.dtype)
+
+
+def paste_labels(labels: Tensor, box: Box, image_size: tuple[int, int], num_classes: int) -> Tensor:
+    """Map labels predicted in the ROI back onto the input grid; background outside the ROI.
+
+    The labels are one-hot encoded, resampled to the box size (area averaging when shrinking, bilinear when
+    enlarging) and arg-maxed, so class boundaries land where the probabilities cross rather than on the ROI's pixel grid.
+
+    Args:
+        labels: (N, size, size) integer labels in the ROI.
+        box: the ROI in input pixels.
+        image_size: (H, W) of the input.
+    Returns:
+        (N, H, W) uint8 labels.
+    """
+    onehot = F.one_hot(labels.long(), num_classes).movedim(3, 1).float()  # (N, O, size, size)
+    shrink = box.height <= labels.shape[-2] and box.width <= labels.shape[-1]
+    mode, kwargs = ("area", {}) if shrink else ("bilinear", {"align_corners": False})
+    resized = F.interpolate(onehot, size=(box.height, box.width), mode=mode, **kwargs).argmax(1)  # (N, h, w)
+    out = torch.zeros((labels.shape[0], *image_size), dtype=torch.uint8, device=labels.device)
+    top, left = max(box.top, 0), max(box.left, 0)
+    bottom, right = min(box.top + box.height, image_size[0]), min(box.left + box.width, image_size[1])
+    out[:, top:bottom, left:right] = resized[:, top - box.top: bottom - box.top, left - box.left: right - box.left].to(torch.uint8)
+    return out
