@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BUNDLE, run_bundle
+from conftest import SHARED_DATA, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -57,3 +57,20 @@ def test_inference_generates_demo_when_missing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (demo / "phantom_1000" / "image.nii.gz").is_file()
     assert (tmp_path / "out" / "phantom_1000" / "label_4d.nii.gz").is_file()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "acdc_dev" / "patient001").is_dir(), reason="../shared/data/acdc_dev absent")
+def test_inference_on_a_real_acdc_study(tmp_path: Path) -> None:
+    study = SHARED_DATA / "acdc_dev" / "patient001"
+    result = run_bundle("inference", "inference.json", "--dataset_dir", str(study), "--output_dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    source = nib.load(study / "image.nii.gz")
+    pred = nib.load(tmp_path / "patient001" / "label_4d.nii.gz")
+    assert pred.shape == source.shape
+    np.testing.assert_allclose(pred.affine, source.affine)
+    labels = np.asarray(pred.dataobj)
+    ed_truth = np.asarray(nib.load(study / "label_ed.nii.gz").dataobj)
+    labelled = [z for z in range(ed_truth.shape[2]) if ed_truth[:, :, z].any()]
+    z_a = labelled[len(labelled) // 2]  # the default annotated frame is copied, not predicted
+    np.testing.assert_array_equal(labels[:, :, z_a, 0], ed_truth[:, :, z_a])
+    assert all((labels[..., t] == 3).any() for t in range(labels.shape[3]))  # the LV is found at every phase

@@ -31,3 +31,16 @@ def test_trace_equals_plan(network: torch.nn.Module, annotated: tuple[int, int],
         batch = [(q, m) for lv, q, m in trace if lv == level]
         assert all(f in done for _, m in batch for f in m)  # memory predicted in an earlier level
         done.update(q for q, _ in batch)
+
+
+def test_batched_and_frame_by_frame_agree(network: torch.nn.Module) -> None:
+    """Chunking (the memory guard) changes how many frames share a call, never the result."""
+    torch.manual_seed(1)
+    plan = plan_propagation(4, 5, (1, 0))
+    image = torch.rand(96, 96, 4, 5)
+    annotation = torch.zeros(96, 96, dtype=torch.long)
+    annotation[30:60, 20:50] = 2
+    annotation[38:52, 28:42] = 3
+    serial = propagate_4d(network, image, annotation, plan, (1, 0), max_batch=1)
+    batched = propagate_4d(network, image, annotation, plan, (1, 0), max_batch=64)
+    assert torch.equal(serial, batched)

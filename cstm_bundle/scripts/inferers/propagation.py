@@ -62,7 +62,7 @@ def propagate_4d(
         annotation: (H, W) integer labels in [0, O) of the annotated frame.
         plan: query frame -> memory frames.
         annotated: (z_a, t_a).
-        max_batch: most query frames per network call (bounds memory).
+        max_batch: most query frames per network call (bounds memory; halved automatically on CUDA out-of-memory).
         amp: autocast the network (float16 on CUDA, bfloat16 on CPU).
         progress: log one line per propagation level.
         trace: if given, receives one (level, query frame, memory frames read) per prediction, in execution order.
@@ -77,8 +77,7 @@ def propagate_4d(
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-        img = frames[annotated]  # (1, H, W)
-        img = img[None]  # (1, 1, H, W)
+        img = frames[annotated][None]  # (1, 1, H, W)
         key = network.encode_key(img)
         onehot = F.one_hot(annotation.long(), network.num_classes).permute(2, 0, 1)[None].float()  # (1, O, H, W)
         value = network.encode_value(img, onehot, key)
@@ -91,7 +90,7 @@ def propagate_4d(
                 group = list(group)
                 for b in range(0, len(group), max_batch):
                     batch = group[b: b + max_batch]
-                    _predict(network, batch, plan, bank, frames, labels)
+                    _predict_within_memory(network, batch, plan, bank, frames, labels)
                     if trace is not None:
                         trace.extend((i, f, plan[f]) for f in batch)
             if progress:
@@ -101,20 +100,38 @@ def propagate_4d(
 
 
 def _predict(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, frames: Tensor, labels: Tensor) -> None:
-    """Predict one batch of query frames, store their labels, and add those that later queries read to ``bank``."""
+    """Predict one batch of query frames, store their labels, and add those that later queries read to ``bank``.
+
+    All network calls come before the first change to ``labels`` or ``bank``, so a call that runs out of memory
+    leaves both untouched and the batch can be retried in parts.
+    """
     zs, ts = map(list, zip(*batch))
     imgs = frames[zs, ts]  # (B, 1, H, W)
     key = network.encode_key(imgs)
     memories = [plan[f] for f in batch]
     probs = network.segment(key, bank.gather(memories)).float().softmax(1)  # (B, O, H, W)
-    labels[:, :, zs, ts] = probs.argmax(1).to(torch.uint8).permute(1, 2, 0)  # (H, W, B)
-    bank.release(memories)
     keep = [i for i, f in enumerate(batch) if bank.needed(f)]
     if keep:
-        sub = [batch[i] for i in keep]
-        k = type(key)(*(t[keep] for t in key))
-        value = network.encode_value(imgs[keep], probs[keep], k)
-        bank.add(sub, k.key16, k.key8, *value)
+        kept_key = type(key)(*(t[keep] for t in key))
+        value = network.encode_value(imgs[keep], probs[keep], kept_key)
+    labels[:, :, zs, ts] = probs.argmax(1).to(torch.uint8).permute(1, 2, 0)  # (H, W, B)
+    bank.release(memories)
+    if keep:
+        bank.add([batch[i] for i in keep], kept_key.key16, kept_key.key8, *value)
+
+
+def _predict_within_memory(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, frames: Tensor,
+                           labels: Tensor) -> None:
+    """:func:`_predict`, splitting the batch in halves for as long as CUDA runs out of memory."""
+    try:
+        _predict(network, batch, plan, bank, frames, labels)
+    except torch.cuda.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        torch.cuda.empty_cache()
+        logger.warning(f"CUDA out of memory with {len(batch)} frames per call; retrying with {len(batch) // 2}")
+        for part in (batch[: len(batch) // 2], batch[len(batch) // 2:]):
+            _predict_within_memory(network, part, plan, bank, frames, labels)
 
 
 class Propagation4DInferer(Inferer):
