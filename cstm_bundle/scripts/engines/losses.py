@@ -29,7 +29,9 @@ class BootstrappedCE(nn.Module):
         """The fraction of hardest pixels kept at ``iteration``."""
         if iteration < self.start_warm:
             return 1.0
-        progress = min(1.0, (iteration - self.start_warm) / max(1, self.end_warm - self.start_warm))
+        if iteration >= self.end_warm:
+            return self.top_p
+        progress = (iteration - self.start_warm) / (self.end_warm - self.start_warm)
         return 1.0 - (1.0 - self.top_p) * progress
 
     def forward(self, logits: Tensor, target: Tensor, iteration: int) -> Tensor:

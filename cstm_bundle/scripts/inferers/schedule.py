@@ -46,7 +46,7 @@ def _slice_order(num_slices: int, start: int) -> list[int]:
 
 def _chain(anchor: Frame, previous: list[Frame], size: int) -> tuple[Frame, ...]:
     """Anchor plus the ``size - 1`` most recent frames of ``previous`` (most recent last), without duplicates."""
-    recent = [f for f in previous[len(previous) - (size - 1):] if f != anchor] if size > 1 else []
+    recent = [f for f in previous[max(0, len(previous) - (size - 1)):] if f != anchor] if size > 1 else []
     return (anchor, *recent)
 
 
