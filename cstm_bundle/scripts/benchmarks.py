@@ -5,9 +5,10 @@
 
 ``matching`` times one memory readout (all configured strides) of the full variant's channel widths (C_k = 32,
 C_v = 512 at stride 16 and 256 at stride 8) for PLMM (strides 16 + 8), dense (16 + 8) and dense (16 only, STCN), for
-T = 2 and 3 memory frames, and prints a table with ratios to dense (16 + 8). Peak memory: on CUDA the allocator's
-peak above the inputs; on CPU each case runs in a fresh subprocess and reports its peak resident memory above the
-resident memory measured just before the readout (Linux ``ru_maxrss``).
+T = 2 and 3 memory frames, and prints a table with ratios to dense (16 + 8). Peak memory: the peak of the bytes
+held by torch's allocator during one readout, above its inputs (CUDA: ``max_memory_allocated``; CPU: the torch
+profiler's allocation records). ``inference`` runs each case in a fresh subprocess and reports peak resident memory
+(Linux ``ru_maxrss``) above the resident memory before the run on CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _cpu_peak_mib(fn) -> float:
+    """Peak of the bytes held by torch's CPU allocator while ``fn()`` runs (torch profiler allocation records)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    held = peak = 0
+    for e in events:
+        held += e.self_cpu_memory_usage
+        peak = max(peak, held)
+    return peak / 2**20
+
+
 def matching_case(case: str, size: int = 384, memory_frames: int = 2, device: str = "cpu", repeats: int = 5,
                   patch_size: int = 6, top_k: int = 4) -> dict[str, float]:
     """Time and peak memory of one readout configuration (one query frame); returns ms and MiB."""
@@ -49,14 +64,16 @@ def matching_case(case: str, size: int = 384, memory_frames: int = 2, device: st
     q = {s: rand(1, KEY_CHANNELS, size // s, size // s) for s in strides}
     k = {s: rand(1, KEY_CHANNELS, memory_frames, size // s, size // s) for s in strides}
     v = {s: rand(1, VALUE_CHANNELS[s], memory_frames, size // s, size // s) for s in strides}
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_mib()
     with torch.no_grad():
         matcher(q, k, v)  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            matcher(q, k, v)
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            peak = _cpu_peak_mib(lambda: matcher(q, k, v))
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -64,10 +81,6 @@ def matching_case(case: str, size: int = 384, memory_frames: int = 2, device: st
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    if dev.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {"ms": 1000 * sorted(times)[len(times) // 2], "peak_mib": peak}
 
 

@@ -54,28 +54,9 @@ def unfold_patches(x: Tensor, patch_size: int) -> Tensor:
     Args:
         x: (B, C, H, W) with H, W multiples of P//2 and >= P.
     Returns:
-        (B, N, P*P, C), patches in row-major order of the patch grid, pixels in row-major order within a patch.
+        (B, N, P*P*C), flattened patches in row-major order of the patch grid.
     """
-    b, c = x.shape[:2]
-    cols = F.unfold(x, patch_size, stride=patch_size // 2)  # (B, C*P*P, N)
-    return cols.unflatten(1, (c, patch_size * patch_size)).permute(0, 3, 2, 1).contiguous()  # (B, N, P*P, C)
-
-
-def fold_patches(patches: Tensor, size: tuple[int, int], patch_size: int) -> Tensor:
-    """Inverse of :func:`unfold_patches` with overlap averaging (paper eq. 4).
-
-    Args:
-        patches: (B, N, P*P, C).
-        size: (H, W) of the map.
-    Returns:
-        (B, C, H, W), each pixel the mean of the patches that cover it.
-    """
-    stride = patch_size // 2
-    cols = patches.permute(0, 3, 2, 1).flatten(1, 2)  # (B, C*P*P, N)
-    summed = F.fold(cols, size, patch_size, stride=stride)  # (B, C, H, W)
-    ones = torch.ones(1, patch_size * patch_size, cols.shape[-1], dtype=cols.dtype, device=cols.device)
-    count = F.fold(ones, size, patch_size, stride=stride)  # (1, 1, H, W)
-    return summed / count
+    return F.unfold(x, patch_size, stride=patch_size // 2).transpose(1, 2)  # (B, N, C*P*P)
 
 
 def patch_grid_size(size: tuple[int, int], patch_size: int) -> tuple[int, int]:
@@ -91,20 +72,36 @@ def patch_grid_size(size: tuple[int, int], patch_size: int) -> tuple[int, int]:
     return (size[0] - patch_size) // stride + 1, (size[1] - patch_size) // stride + 1
 
 
-def topk_memory_patches(query_patches: Tensor, memory_patches: Tensor, top_k: int) -> Tensor:
+def patch_pixels(size: tuple[int, int], patch_size: int, device: torch.device | None = None) -> Tensor:
+    """Flat pixel index (row * W + column) of every pixel of every patch, in the order of :func:`unfold_patches`.
+
+    Returns:
+        (N, P*P) int64.
+    """
+    grid = patch_grid_size(size, patch_size)
+    stride = patch_size // 2
+    corner = (torch.arange(grid[0], device=device)[:, None] * stride * size[1]
+              + torch.arange(grid[1], device=device)[None] * stride).flatten()  # (N,)
+    offset = (torch.arange(patch_size, device=device)[:, None] * size[1]
+              + torch.arange(patch_size, device=device)[None]).flatten()  # (P*P,)
+    return corner[:, None] + offset[None]  # (N, P*P)
+
+
+def topk_memory_patches(query_key: Tensor, memory_key: Tensor, patch_size: int, top_k: int) -> Tensor:
     """Indices of the top-K memory patches per query patch by patch-level l2 affinity (paper eq. 1).
 
     Args:
-        query_patches: (B, N, P*P, C_k).
-        memory_patches: (B, T*N, P*P, C_k).
+        query_key: (B, C_k, H, W).
+        memory_key: (B, C_k, T, H, W).
     Returns:
-        topk_idx (B, N, K) into the T*N memory patches.
+        topk_idx (B, N, K) into the T*N memory patches (memory patch t*N + n is patch n of frame t).
     """
-    num_memory = memory_patches.shape[1]
-    if not 1 <= top_k <= num_memory:
-        raise ValueError(f"top_k must be in [1, {num_memory}] (memory patches T*N), got {top_k}.")
-    q = query_patches.flatten(2)  # (B, N, C_k*P*P)
-    k = memory_patches.flatten(2)  # (B, T*N, C_k*P*P)
+    b, t = memory_key.shape[0], memory_key.shape[2]
+    q = unfold_patches(query_key, patch_size)  # (B, N, C_k*P*P)
+    k = unfold_patches(memory_key.movedim(2, 1).flatten(0, 1), patch_size)  # (B*T, N, C_k*P*P)
+    k = k.unflatten(0, (b, t)).flatten(1, 2)  # (B, T*N, C_k*P*P)
+    if not 1 <= top_k <= k.shape[1]:
+        raise ValueError(f"top_k must be in [1, {k.shape[1]}] (memory patches T*N), got {top_k}.")
     affinity = 2 * q @ k.transpose(1, 2) - k.pow(2).sum(2).unsqueeze(1)  # (B, N, T*N)
     return affinity.topk(top_k, dim=2).indices  # (B, N, K)
 
@@ -116,13 +113,15 @@ def plm_readout(
     patch_size: int = 6,
     top_k: int = 4,
     topk_idx: Tensor | None = None,
-    chunk_size: int | None = 16,
+    chunk_size: int | None = 8,
 ) -> tuple[Tensor, Tensor]:
     """Patch-level memory matching (PLMM, paper §3.1) at one stride.
 
-    Unfold into overlapping P×P patches with stride P//2. Each query patch keeps its top-K memory patches out of all
-    T*N by patch-level affinity; each query pixel softmaxes over the K*P*P pixels of those patches (eq. 2), reads out
-    their values (eq. 3), and folding averages the overlapping patch readouts (eq. 4). No (T*H*W, H*W) affinity is built.
+    Overlapping P×P patches with stride P//2. Each query patch keeps its top-K memory patches out of all T*N by
+    patch-level affinity; each query pixel softmaxes over the K*P*P pixels of those patches (eq. 2), reads out their
+    values (eq. 3), and overlapping patch readouts are averaged (eq. 4). Nothing of size (T*H*W, H*W) is built, and the
+    memory is never unfolded into patches: the pixels of the selected patches are gathered by index, a chunk of query
+    patches at a time, and the readouts are summed back in place.
 
     Args:
         query_key: (B, C_k, H, W), H and W multiples of P//2 and >= P.
@@ -131,51 +130,41 @@ def plm_readout(
         patch_size: P, even and >= 2 (paper: 6 at stride 16, 12 at stride 8).
         top_k: K, memory patches kept per query patch, 1 <= K <= T*N (paper: 4).
         topk_idx: (B, N, K) from the stride-16 call, reused at stride 8 (same patch grid, paper §3.2); None computes it.
-        chunk_size: query patches whose K memory patches are gathered at once (bounds the (B, chunk, K, C_v, P*P)
-            gathered values and the (B, chunk, P*P, K*P*P) affinity); None gathers all N at once.
+        chunk_size: query patches read at once (bounds the (B, chunk, K*P*P, C_v) gathered values and the
+            (B, chunk, P*P, K*P*P) affinity); None reads all N at once.
     Returns:
         readout (B, C_v, H, W) and topk_idx (B, N, K).
     Raises:
         ValueError: shapes disagree, the map cannot be tiled by the patches, or K is out of range.
     """
     _check_memory(query_key, memory_key, memory_value)
-    b, _, h, w = query_key.shape
+    b, ck, h, w = query_key.shape
     t = memory_key.shape[2]
-    grid = patch_grid_size((h, w), patch_size)
-    n = grid[0] * grid[1]
-    q = unfold_patches(query_key, patch_size)  # (B, N, P*P, C_k)
-    mk = unfold_patches(memory_key.movedim(2, 1).flatten(0, 1), patch_size)  # (B*T, N, P*P, C_k)
-    mk = mk.unflatten(0, (b, t)).flatten(1, 2)  # (B, T*N, P*P, C_k)
-    mv = unfold_patches(memory_value.movedim(2, 1).flatten(0, 1), patch_size)  # (B*T, N, P*P, C_v)
-    mv = mv.unflatten(0, (b, t)).flatten(1, 2)  # (B, T*N, P*P, C_v)
+    pixels = patch_pixels((h, w), patch_size, query_key.device)  # (N, P*P)
+    n = pixels.shape[0]
     if topk_idx is None:
-        topk_idx = topk_memory_patches(q, mk, top_k)
+        topk_idx = topk_memory_patches(query_key, memory_key, patch_size, top_k)
     elif topk_idx.shape[:2] != (b, n) or int(topk_idx.max()) >= t * n:
         raise ValueError(f"topk_idx {tuple(topk_idx.shape)} does not fit {n} query and {t * n} memory patches.")
-    mk_sq = mk.pow(2).sum(3)  # (B, T*N, P*P)
+    q = query_key.flatten(2).transpose(1, 2)  # (B, H*W, C_k)
+    mk = memory_key.flatten(2).transpose(1, 2)  # (B, T*H*W, C_k)
+    mv = memory_value.flatten(2).transpose(1, 2)  # (B, T*H*W, C_v), a view: gathered rows are copied, not the map
+    mk_sq = mk.pow(2).sum(2)  # (B, T*H*W)
+    # flat memory pixel of every selected patch: frame t = idx // N, patch idx % N
+    memory_pixels = (topk_idx // n * (h * w)).unsqueeze(3) + pixels[topk_idx % n]  # (B, N, K, P*P)
+    out = q.new_zeros(b, h * w, memory_value.shape[1])  # (B, H*W, C_v)
+    batch = torch.arange(b, device=q.device)[:, None, None]
     step = chunk_size or n
-    readout = torch.cat([_patch_readout(q[:, i: i + step], mk, mk_sq, mv, topk_idx[:, i: i + step])
-                         for i in range(0, n, step)], 1)  # (B, N, P*P, C_v)
-    return fold_patches(readout, (h, w), patch_size), topk_idx
-
-
-def _patch_readout(q: Tensor, mk: Tensor, mk_sq: Tensor, mv: Tensor, topk_idx: Tensor) -> Tensor:
-    """Pixel-level softmax readout within the top-K memory patches (paper eq. 2-3) for a chunk of query patches.
-
-    Args:
-        q: (B, n, P*P, C_k) query patches.
-        mk: (B, T*N, P*P, C_k) memory key patches; mk_sq (B, T*N, P*P) their squared norms.
-        mv: (B, T*N, P*P, C_v) memory value patches.
-        topk_idx: (B, n, K) indices into the T*N memory patches.
-    Returns:
-        (B, n, P*P, C_v) readout of every query pixel.
-    """
-    batch = torch.arange(q.shape[0], device=q.device)[:, None, None]
-    k_sel = mk[batch, topk_idx].flatten(2, 3)  # (B, n, K*P*P, C_k)
-    k_sq = mk_sq[batch, topk_idx].flatten(2)  # (B, n, K*P*P)
-    v_sel = mv[batch, topk_idx].flatten(2, 3)  # (B, n, K*P*P, C_v)
-    affinity = 2 * q @ k_sel.transpose(2, 3) - k_sq.unsqueeze(2)  # (B, n, P*P, K*P*P)
-    return (affinity / math.sqrt(q.shape[3])).softmax(dim=3) @ v_sel  # (B, n, P*P, C_v)
+    for i in range(0, n, step):
+        query_pixels = pixels[i: i + step]  # (n, P*P)
+        gathered = memory_pixels[:, i: i + step].flatten(2)  # (B, n, K*P*P)
+        qc = q[:, query_pixels]  # (B, n, P*P, C_k)
+        k_sel, v_sel = mk[batch, gathered], mv[batch, gathered]  # (B, n, K*P*P, C_k), (B, n, K*P*P, C_v)
+        affinity = 2 * qc @ k_sel.transpose(2, 3) - mk_sq[batch, gathered].unsqueeze(2)  # (B, n, P*P, K*P*P)
+        readout = (affinity / math.sqrt(ck)).softmax(dim=3) @ v_sel  # (B, n, P*P, C_v)
+        out.index_add_(1, query_pixels.flatten(), readout.flatten(1, 2).to(out.dtype))
+    count = torch.bincount(pixels.flatten(), minlength=h * w).to(out.dtype)  # (H*W,) patches covering each pixel
+    return (out / count[:, None]).transpose(1, 2).unflatten(2, (h, w)), topk_idx  # (B, C_v, H, W)
 
 
 class PatchMemoryMatcher(nn.Module):
