@@ -235,3 +235,15 @@ def test_plm_never_builds_the_dense_affinity() -> None:
     with _LargestOutput() as probe:
         plm_readout(q, k, v, patch_size=6, top_k=4)
     assert probe.largest < dense_affinity / 10
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_plm_readout_under_autocast_matches_fp32(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(1, 8, 12, 12, generator=gen), torch.randn(1, 8, 2, 12, 12, generator=gen), torch.randn(
+        1, 16, 2, 12, 12, generator=gen)
+    reference, _ = plm_readout(q, k, v, 4, 3)
+    with torch.autocast("cpu", dtype=dtype):
+        low, _ = plm_readout(q, k, v, 4, 3)
+    assert torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), reference, atol=0.1, rtol=0.1)
