@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,18 +9,10 @@ from torch import nn
 
 from scripts.engines import propagate_triplet
 from scripts.networks.cstm import CSTM, build_cstm, stack_memory
+from tiny import TINY_CSTM
 
-SMALL = dict(key_block="basic", key_layers=(1, 1, 1), key_widths=(16, 16, 32), value_layers=(1, 1, 1),
-             value_widths=(8, 16, 16), value_channels=(32, 16), decoder_channels=(32, 16, 16))
+SMALL = TINY_CSTM
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small convolutions: a second intra-op thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_net(**kwargs) -> CSTM:

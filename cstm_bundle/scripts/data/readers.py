@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from ..errors import CSTMInputError
 logger = logging.getLogger(__name__)
 
 IMAGE_FILE = "image.nii.gz"
+STUDY_FILES = ("info.json", "label_ed.nii.gz", "label_es.nii.gz", "annotation.nii.gz")
+"""The other files of a study folder: a folder with one of them but no image is a study without its image."""
 LABEL_VALUES = (0, 1, 2, 3)
 
 
@@ -49,7 +53,8 @@ def list_studies(
     Returns:
         dicts with "image" (path), "study" (folder name) and "study_dir", sorted by name.
     Raises:
-        CSTMInputError: the folder does not exist or holds no study, or the split is empty.
+        CSTMInputError: the folder does not exist or holds no study, the split is empty, or a study's image is not a
+            readable 4D NIfTI (:func:`check_image_file`; checked here because ``LoadImaged`` reads it first).
     """
     root = Path(dataset_dir)
     if demo_dir is not None and not root.exists() and root.resolve() == Path(demo_dir).resolve():
@@ -61,13 +66,77 @@ def list_studies(
         raise CSTMInputError(root, "dataset folder does not exist", "a folder of study folders or one study folder")
     folders = [root] if (root / IMAGE_FILE).is_file() else sorted(p for p in root.iterdir() if (p / IMAGE_FILE).is_file())
     if not folders:
+        if any((root / name).is_file() for name in STUDY_FILES):
+            raise CSTMInputError(root / IMAGE_FILE, "study image not found", "a 4D NIfTI image (H, W, Z, T)")
         raise CSTMInputError(root, f"no study folder (a folder with {IMAGE_FILE}) found", "at least one study")
     if split is not None:
         if split not in ("train", "val") or not 0 <= num_val < len(folders) + (split == "val"):
             raise CSTMInputError(root, f"cannot take split {split!r} with num_val={num_val} from {len(folders)} studies",
                                  "split 'train' or 'val' and 0 <= num_val < number of studies")
         folders = folders[len(folders) - num_val:] if split == "val" else folders[: len(folders) - num_val]
+    for p in folders:
+        check_image_file(p / IMAGE_FILE)
     return [{"image": str(p / IMAGE_FILE), "study": p.name, "study_dir": str(p)} for p in folders]
+
+
+def check_image_file(path: str | os.PathLike) -> tuple[int, ...]:
+    """Cheap checks of a study image before anything loads it: a NIfTI header, 4 dims, data not cut short.
+
+    Reads the header only. The data is checked without decompressing it: a .nii.gz ends with its uncompressed size
+    (mod 2**32), which must be the header's data offset plus the data's bytes; only when it is not (a truncated file,
+    or a multi-member gzip) is the file decompressed once, in a stream, to tell which.
+
+    Args:
+        path: the image NIfTI.
+    Returns:
+        the image shape (H, W, Z, T).
+    Raises:
+        CSTMInputError: not a NIfTI file, not 4D, or truncated or corrupt data.
+    """
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+        proxy = img.dataobj  # an ArrayProxy: the on-disk offset (the image's header copy says 0) and dtype
+        expected = int(proxy.offset) + int(np.prod(shape)) * np.dtype(proxy.dtype).itemsize
+    except FileNotFoundError as e:
+        raise CSTMInputError(path, "file not found", "a 4D NIfTI image (H, W, Z, T)") from e
+    except Exception as e:  # nibabel raises many types for files that are not NIfTI
+        raise CSTMInputError(path, f"cannot be read as NIfTI ({_reason(e, path)})", "a .nii.gz image file") from e
+    if len(shape) != 4:
+        raise CSTMInputError(path, f"image has shape {shape}", "a 4D image (H, W, Z, T)")
+    size = _data_size(path, expected)
+    if size < expected:
+        raise CSTMInputError(path, f"file is truncated ({size} of {expected} bytes of header and data)",
+                             "a complete NIfTI file (copy it again)")
+    return shape
+
+
+def _reason(e: Exception, path: str | os.PathLike) -> str:
+    """The exception's message without the file name (the error message starts with it already)."""
+    text = str(e).replace(f"File {path} is ", "").replace(f' of "{path}"', "")
+    text = text.replace(f'"{path}"', "the file").replace(str(path), "the file")
+    return text or type(e).__name__
+
+
+def _data_size(path: str | os.PathLike, expected: int) -> int:
+    """Bytes of (uncompressed) content of ``path``, or ``expected`` when the gzip trailer says it is complete."""
+    with open(path, "rb") as f:
+        compressed = f.read(2) == b"\x1f\x8b"
+        size = f.seek(0, os.SEEK_END)
+        if not compressed:
+            return size
+        f.seek(max(size - 4, 0))
+        if size >= 18 and int.from_bytes(f.read(4), "little") == expected % 2**32:
+            return expected
+    total = 0
+    try:
+        with gzip.open(path, "rb") as g:
+            while chunk := g.read(1 << 24):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise CSTMInputError(path, f"file is truncated or corrupt ({_reason(e, path)})",
+                             "a complete NIfTI file (copy it again)") from e
+    return total
 
 
 APEX_DIRECTION_RAS = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)
@@ -96,10 +165,19 @@ def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
         info = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CSTMInputError(path, f"cannot be read as JSON ({e})", "a JSON object") from e
+    if not isinstance(info, dict):
+        raise CSTMInputError(path, f"holds a JSON {type(info).__name__}", 'an object such as {"ed": 0, "es": 9}')
     for key in ("ed", "es", "annotated_phase"):
-        if key in info and not isinstance(info[key], int):
+        if key in info and not _is_int(info[key]):
             raise CSTMInputError(path, f"{key!r} is {info[key]!r}", "a 0-based integer phase")
+    for key in ("annotated_slices_ed", "annotated_slices_es"):
+        if key in info and not (isinstance(info[key], list) and all(_is_int(z) for z in info[key])):
+            raise CSTMInputError(path, f"{key!r} is {info[key]!r}", "a list of 0-based integer slice indices")
     return info
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_label(path: str | os.PathLike, image_shape: tuple[int, ...], image_affine: np.ndarray) -> np.ndarray:
@@ -118,7 +196,8 @@ def read_label(path: str | os.PathLike, image_shape: tuple[int, ...], image_affi
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
     except Exception as e:  # nibabel raises many types for corrupt files
-        raise CSTMInputError(path, f"cannot be read as NIfTI ({e})", "a readable .nii.gz label file") from e
+        raise CSTMInputError(path, f"cannot be read as NIfTI ({_reason(e, path)})",
+                             "a readable .nii.gz label file") from e
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.shape != tuple(image_shape[:3]):

@@ -30,9 +30,26 @@ def _image_path(d: Mapping[Hashable, Any]) -> Path:
     return Path(d["study_dir"]) / IMAGE_FILE
 
 
-def _labelled_slices(info: dict[str, Any], key: str, label: np.ndarray) -> list[int]:
+def _labelled_slices(info: dict[str, Any], key: str, label: np.ndarray, study: Path) -> list[int]:
     """0-based z listed in ``info[key]``, else every slice."""
-    return sorted(info[key]) if key in info else list(range(label.shape[2]))
+    if key not in info:
+        return list(range(label.shape[2]))
+    outside = [z for z in info[key] if not 0 <= z < label.shape[2]]
+    if outside:
+        raise CSTMInputError(study / "info.json", f"{key!r} lists slices {outside} outside the {label.shape[2]} slices",
+                             f"0-based slice indices in [0, {label.shape[2]})")
+    return sorted(info[key])
+
+
+def _check_phase(study: Path, info: dict[str, Any], key: str, num_phases: int, file: str) -> int:
+    """``info[key]``, checked to be a phase of the image."""
+    if key not in info:
+        raise CSTMInputError(study / "info.json", f"missing {key!r} for {file}", "a 0-based phase index")
+    phase = info[key]
+    if not 0 <= phase < num_phases:
+        raise CSTMInputError(study / "info.json", f"{key}={phase} is outside the {num_phases} phases",
+                             f"0 <= {key} < {num_phases}")
+    return phase
 
 
 class LoadStudyd(MapTransform):
@@ -93,14 +110,9 @@ class LoadStudyd(MapTransform):
         else:
             raise CSTMInputError(study, "no annotation: neither annotation.nii.gz nor label_ed.nii.gz exists",
                                  "one annotated frame (see README, 'Where the annotation comes from')")
-        if phase_key not in info:
-            raise CSTMInputError(study / "info.json", f"missing {phase_key!r} for {path.name}", "a 0-based phase index")
-        phase = info[phase_key]
-        if not 0 <= phase < shape[3]:
-            raise CSTMInputError(study / "info.json", f"{phase_key}={phase} is outside the {shape[3]} phases",
-                                 f"0 <= {phase_key} < {shape[3]}")
+        phase = _check_phase(study, info, phase_key, shape[3], path.name)
         label = read_label(path, shape, affine)
-        candidates = _labelled_slices(info, slices_key, label) if slices_key else range(shape[2])
+        candidates = _labelled_slices(info, slices_key, label, study) if slices_key else range(shape[2])
         slices = [z for z in candidates if label[:, :, z].any()]
         if not slices:
             raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on at least one slice")
@@ -113,9 +125,10 @@ class LoadStudyd(MapTransform):
         for name in ("ed", "es"):
             path = study / f"label_{name}.nii.gz"
             if path.is_file() and name in info:
+                phase = _check_phase(study, info, name, shape[3], path.name)
                 label = read_label(path, shape, affine)
-                for z in _labelled_slices(info, f"annotated_slices_{name}", label):
-                    full[0, :, :, z, info[name]] = label[:, :, z]
+                for z in _labelled_slices(info, f"annotated_slices_{name}", label, study):
+                    full[0, :, :, z, phase] = label[:, :, z]
         return {"label": torch.as_tensor(full), "ed": info.get("ed", 0), "es": info.get("es", 0)}
 
 
@@ -274,6 +287,8 @@ class SaveStudyLabeld(MapTransform):
 def check_outputs(studies: list[dict[str, str]], output_dir: str | os.PathLike, overwrite: bool = False) -> None:
     """Fail before any work if an output already exists (and ``overwrite`` is off) or the folder is not writable."""
     root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise CSTMInputError(root, "output folder is a file", "a folder (--output_dir)")
     for s in studies:
         path = root / s["study"] / OUTPUT_FILE
         if path.exists() and not overwrite:

@@ -20,14 +20,15 @@ from .schedule import Continuity, Frame, Plan, dependency_levels, plan_propagati
 logger = logging.getLogger(__name__)
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
-    """Zero-pad the last two dims of ``x`` (..., H, W) symmetrically to multiples of ``multiple``.
+def pad_to_multiple(x: Tensor, multiple: int, min_size: int = 0) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """Zero-pad the last two dims of ``x`` (..., H, W) symmetrically to multiples of ``multiple``, at least ``min_size``.
 
     Returns:
         the padded tensor and the (left, right, top, bottom) padding, for :func:`crop_padding`.
     """
     h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
+    ph, pw = max(-h % multiple, min_size - h), max(-w % multiple, min_size - w)
+    ph, pw = ph + -(h + ph) % multiple, pw + -(w + pw) % multiple
     pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
     return F.pad(x, pad), pad
 
@@ -210,11 +211,14 @@ class Propagation4DInferer(Inferer):
         for b in range(inputs.shape[0]):
             image = inputs[b, 0].float().permute(2, 3, 0, 1)  # (Z, T, H, W)
             ann = annotation[b].reshape(annotation.shape[-2:])  # (H, W)
+            if ann.min() < 0 or ann.max() >= network.num_classes:
+                raise ValueError(f"annotation values {torch.unique(ann).tolist()} outside 0..{network.num_classes - 1} "
+                                 f"(0 bg, 1 RV, 2 Myo, 3 LV).")
             annotated = (int(z_a[b]), int(t_a[b]))
             plan = self.plan(image.shape[0], image.shape[1], annotated, bool(base[b]))
             if self.roi_size is None:
-                frames, pad = pad_to_multiple(image, network.size_multiple)
-                ann_in, _ = pad_to_multiple(ann, network.size_multiple)
+                frames, pad = pad_to_multiple(image, network.size_multiple, network.matcher.min_size)
+                ann_in, _ = pad_to_multiple(ann, network.size_multiple, network.matcher.min_size)
             else:
                 box = heart_box(foreground_center(ann), tuple(torch.as_tensor(image_spacing).reshape(-1, 2)[b].tolist()),
                                 self.roi_size, self.spacing)

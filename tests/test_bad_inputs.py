@@ -1,0 +1,441 @@
+"""Bad inputs (SPEC "Bad input"): one short error that names the file (or config key / argument) and the problem.
+
+Each row of :data:`CASES` builds one bad input from a tiny synthetic study in ``tmp_path`` and returns the action that
+must fail: mostly the inference config's loading path, run in-process as ``bundle run inference`` runs it
+(``check_outputs``, which lists the studies, then ``preprocessing`` on every study), else a network constructor or
+function. The test asserts a ``ValueError`` (``CSTMInputError`` for files) raised from the bundle's own code, not from
+deep inside torch/nibabel/MONAI, whose one-line message contains the expected text. Three rows also run through
+``python -m monai.bundle run`` in a subprocess. A study of one slice (Z = 1) or one phase (T = 1) is not an error.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+from conftest import BUNDLE, run_bundle
+from scripts.data import LoadStudyd
+from scripts.errors import CSTMInputError
+from scripts.inferers import Propagation4DInferer
+from scripts.networks import build_cstm, plm_readout
+
+INFERENCE_CONFIG = BUNDLE / "configs" / "inference.json"
+SCRIPTS = BUNDLE / "scripts"
+SHAPE = (32, 32, 4, 5)  # (H, W, Z, T)
+INFO = {"ed": 0, "es": 2}
+
+
+# ---------------------------------------------------------------- synthetic studies
+
+
+def heart_labels(h: int, w: int, z: int) -> np.ndarray:
+    """(H, W, Z) uint8: LV disk (3) in a Myo ring (2), RV (1) beside it, on every slice."""
+    rows, cols = np.mgrid[:h, :w]
+    r = np.hypot(rows - h / 2, cols - w / 2)
+    frame = np.where(r < h / 8, 3, np.where(r < h / 5, 2, 0)).astype(np.uint8)
+    frame[(np.hypot(rows - h / 2, cols - w / 2 + h / 3.5) < h / 7) & (frame == 0)] = 1
+    return np.repeat(frame[:, :, None], z, axis=2)
+
+
+def heart_image(shape: tuple[int, ...] = SHAPE, seed: int = 0) -> np.ndarray:
+    """(H, W, Z, T) float32: the labels as intensities plus noise."""
+    labels = heart_labels(*shape[:3]).astype(np.float32)
+    noise = np.random.default_rng(seed).normal(0, 0.1, shape).astype(np.float32)
+    return labels[..., None] * np.float32(0.3) + noise
+
+
+def save(array: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def write_study(study: Path, shape: tuple[int, ...] = SHAPE, image: np.ndarray | None = None,
+                info: dict | None = INFO, label_ed: bool = True) -> Path:
+    """``<study>/image.nii.gz``, ``label_ed.nii.gz``, ``label_es.nii.gz``, ``info.json`` (SPEC "Interfaces")."""
+    save(heart_image(shape) if image is None else image, study / "image.nii.gz")
+    if label_ed:
+        save(heart_labels(*shape[:3]), study / "label_ed.nii.gz")
+        save(heart_labels(*shape[:3]), study / "label_es.nii.gz")
+    if info is not None:
+        (study / "info.json").write_text(json.dumps(info))
+    return study
+
+
+def inference_parser(dataset_dir: Path, output_dir: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE_CONFIG))
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir),
+                   **overrides})
+    return parser
+
+
+@dataclass
+class Inference:
+    """The loading path of ``inference.json`` in-process: ``check_outputs`` (lists the studies), then
+    ``preprocessing`` on each study, in the order ``bundle run inference`` runs them. No network is built."""
+
+    dataset_dir: Path
+    output_dir: Path
+
+    def __call__(self) -> list[dict]:
+        parser = inference_parser(self.dataset_dir, self.output_dir)
+        parser.get_parsed_content("check_outputs")
+        preprocessing = parser.get_parsed_content("preprocessing")
+        return [preprocessing(item) for item in parser.get_parsed_content("datalist")]
+
+
+def inference_on(tmp: Path, output_dir: Path | None = None) -> Inference:
+    return Inference(tmp / "data", output_dir or tmp / "out")
+
+
+def study_with(tmp: Path, **kwargs) -> Inference:
+    write_study(tmp / "data" / "study", **kwargs)
+    return inference_on(tmp)
+
+
+def network_from_config(tmp: Path, **overrides) -> Callable[[], object]:
+    """Build ``network_def`` of inference.json with named-id overrides, as ``--patch_size 5`` would."""
+    return lambda: inference_parser(tmp, tmp / "out", **overrides).get_parsed_content("network_def")
+
+
+# ---------------------------------------------------------------- builders: image
+
+
+def image_3d(tmp: Path) -> Inference:
+    return study_with(tmp, image=heart_image()[..., 0])
+
+
+def image_5d(tmp: Path) -> Inference:
+    return study_with(tmp, image=np.stack([heart_image()] * 2, axis=-1))
+
+
+def image_nan(tmp: Path) -> Inference:
+    image = heart_image()
+    image[3, 4, 1, 2] = np.nan
+    return study_with(tmp, image=image)
+
+
+def image_inf(tmp: Path) -> Inference:
+    image = heart_image()
+    image[3, 4, 1, 2] = np.inf
+    return study_with(tmp, image=image)
+
+
+def image_constant(tmp: Path) -> Inference:
+    return study_with(tmp, image=np.full(SHAPE, 7.0, dtype=np.float32))
+
+
+def image_truncated(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    path = tmp / "data" / "study" / "image.nii.gz"
+    path.write_bytes(path.read_bytes()[:-2000])
+    return action
+
+
+def image_garbage(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    (tmp / "data" / "study" / "image.nii.gz").write_bytes(np.random.default_rng(1).bytes(5000))
+    return action
+
+
+def image_not_nifti(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    (tmp / "data" / "study" / "image.nii.gz").write_bytes(gzip.compress(b"patient,ed,es\n001,0,9\n" * 50))
+    return action
+
+
+# ---------------------------------------------------------------- builders: dataset and output folders
+
+
+def dataset_missing(tmp: Path) -> Inference:
+    return inference_on(tmp)  # tmp/data is never created
+
+
+def dataset_without_studies(tmp: Path) -> Inference:
+    (tmp / "data" / "notes").mkdir(parents=True)
+    return inference_on(tmp)
+
+
+def study_without_image(tmp: Path) -> Inference:
+    write_study(tmp / "data")
+    (tmp / "data" / "image.nii.gz").unlink()
+    return inference_on(tmp)
+
+
+def output_exists(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    (tmp / "out" / "study").mkdir(parents=True)
+    (tmp / "out" / "study" / "label_4d.nii.gz").write_bytes(b"an earlier result")
+    return action
+
+
+def output_not_writable(tmp: Path) -> Inference:
+    write_study(tmp / "data" / "study")
+    (tmp / "file.txt").write_text("a file, not a folder")
+    return inference_on(tmp, tmp / "file.txt" / "out")  # chmod does not stop root; a path under a file does
+
+
+# ---------------------------------------------------------------- builders: annotation and info.json
+
+
+def label_other_grid(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    save(heart_labels(16, 16, 4), tmp / "data" / "study" / "label_ed.nii.gz")
+    return action
+
+
+def label_other_affine(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    save(heart_labels(*SHAPE[:3]), tmp / "data" / "study" / "label_ed.nii.gz", np.diag([1.5, 1.5, 8.0, 1.0]))
+    return action
+
+
+def label_empty(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    save(np.zeros(SHAPE[:3], np.uint8), tmp / "data" / "study" / "label_ed.nii.gz")
+    return action
+
+
+def label_values_outside(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    labels = heart_labels(*SHAPE[:3])
+    labels[0, 0, 0] = 7
+    save(labels, tmp / "data" / "study" / "label_ed.nii.gz")
+    return action
+
+
+def label_truncated(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    path = tmp / "data" / "study" / "label_ed.nii.gz"
+    path.write_bytes(path.read_bytes()[:-30])  # header intact, data cut short
+    return action
+
+
+def annotation_missing(tmp: Path) -> Inference:
+    return study_with(tmp, label_ed=False)
+
+
+def annotation_without_phase(tmp: Path) -> Inference:
+    action = study_with(tmp, label_ed=False)
+    save(heart_labels(*SHAPE[:3]), tmp / "data" / "study" / "annotation.nii.gz")
+    return action
+
+
+def info_missing(tmp: Path) -> Inference:
+    return study_with(tmp, info=None)
+
+
+def info_not_json(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    (tmp / "data" / "study" / "info.json").write_text("ed: 0\nes: 2\n")
+    return action
+
+
+def info_ed_not_int(tmp: Path) -> Inference:
+    return study_with(tmp, info={"ed": "0", "es": 2})
+
+
+def info_ed_out_of_range(tmp: Path) -> Inference:
+    return study_with(tmp, info={"ed": 99, "es": 2})
+
+
+def info_slices_out_of_range(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "annotated_slices_ed": [1, 9]})
+
+
+def es_out_of_range_training(tmp: Path) -> Callable[[], object]:
+    """Training/evaluation load the ED and ES labels too (LoadStudyd with_labels)."""
+    write_study(tmp / "study", info={"ed": 0, "es": 5})
+    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image", channel_dim="no_channel"),
+                    LoadStudyd("image", with_labels=True)])
+    item = {"image": str(tmp / "study" / "image.nii.gz"), "study": "study", "study_dir": str(tmp / "study")}
+    return lambda: load(item)
+
+
+# ---------------------------------------------------------------- builders: network arguments and checkpoint
+
+
+def top_k_above_memory_patches(tmp: Path) -> Callable[[], object]:
+    query, memory_key, memory_value = torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 1, 4, 4), torch.zeros(1, 8, 1, 4, 4)
+    return lambda: plm_readout(query, memory_key, memory_value, patch_size=2, top_k=100)  # 9 memory patches
+
+
+def top_k_zero(tmp: Path) -> Callable[[], object]:
+    return network_from_config(tmp, top_k=0)
+
+
+def patch_size_odd(tmp: Path) -> Callable[[], object]:
+    return network_from_config(tmp, patch_size=5)
+
+
+def patch_size_below_2(tmp: Path) -> Callable[[], object]:
+    return network_from_config(tmp, patch_size=0)
+
+
+def matching_mode_unknown(tmp: Path) -> Callable[[], object]:
+    return network_from_config(tmp, matching_mode="sparse")
+
+
+def matching_strides_unknown(tmp: Path) -> Callable[[], object]:
+    return network_from_config(tmp, matching_strides=[4])
+
+
+def variant_unknown(tmp: Path) -> Callable[[], object]:
+    return lambda: build_cstm("tiny")
+
+
+def annotated_slice_outside_study(tmp: Path) -> Callable[[], object]:
+    inferer, network = Propagation4DInferer(roi_size=None), build_cstm("small").eval()
+    image, annotation = torch.rand(1, 1, 96, 96, 4, 5), torch.zeros(1, 96, 96, dtype=torch.uint8)
+    return lambda: inferer(image, network, annotation, annotation_slice=9, annotation_phase=0)
+
+
+def annotation_values_above_classes(tmp: Path) -> Callable[[], object]:
+    inferer, network = Propagation4DInferer(roi_size=None), build_cstm("small").eval()
+    image, annotation = torch.rand(1, 1, 96, 96, 2, 2), torch.full((1, 96, 96), 7, dtype=torch.uint8)
+    return lambda: inferer(image, network, annotation, annotation_slice=0, annotation_phase=0)
+
+
+def checkpoint_corrupt(tmp: Path) -> Callable[[], object]:
+    (tmp / "model.pt").write_bytes(b"not a checkpoint")
+    parser = inference_parser(tmp, tmp / "out", checkpoint=str(tmp / "model.pt"), device="$torch.device('cpu')")
+    loader = parser.get_parsed_content("handlers")[0]  # CheckpointLoader: loads when the evaluator starts
+    return lambda: loader(Engine(lambda engine, batch: None))
+
+
+def checkpoint_other_variant(tmp: Path) -> Callable[[], object]:
+    torch.save(build_cstm("full").state_dict(), tmp / "model.pt")
+    parser = inference_parser(tmp, tmp / "out", checkpoint=str(tmp / "model.pt"), device="$torch.device('cpu')")
+    loader = parser.get_parsed_content("handlers")[0]
+    return lambda: loader(Engine(lambda engine, batch: None))
+
+
+CASES = [
+    # (case id, builder, expected text: the file (or argument) and the problem)
+    ("image_3d", image_3d, "image.nii.gz: image has shape (32, 32, 4); expected a 4D image"),
+    ("image_5d", image_5d, "image.nii.gz: image has shape (32, 32, 4, 5, 2); expected a 4D image"),
+    ("image_nan", image_nan, "image.nii.gz: image contains NaN or Inf values"),
+    ("image_inf", image_inf, "image.nii.gz: image contains NaN or Inf values"),
+    ("image_constant", image_constant, "image.nii.gz: image is constant (7.0)"),
+    ("image_truncated", image_truncated, "image.nii.gz: file is truncated"),
+    ("image_garbage", image_garbage, "image.nii.gz: cannot be read as NIfTI (not a gzip file)"),
+    ("image_not_nifti", image_not_nifti, "image.nii.gz: cannot be read as NIfTI"),
+    ("dataset_missing", dataset_missing, "data: dataset folder does not exist"),
+    ("dataset_without_studies", dataset_without_studies, "data: no study folder (a folder with image.nii.gz) found"),
+    ("study_without_image", study_without_image, "data/image.nii.gz: study image not found"),
+    ("output_exists", output_exists, "study/label_4d.nii.gz: output file exists; expected a new --output_dir"),
+    ("output_not_writable", output_not_writable, "file.txt/out: cannot create the output folder (Not a directory)"),
+    ("label_other_grid", label_other_grid, "label_ed.nii.gz: label shape (16, 16, 4) is not on the image grid"),
+    ("label_other_affine", label_other_affine, "label_ed.nii.gz: label affine differs from the image affine"),
+    ("label_empty", label_empty, "label_ed.nii.gz: annotation is empty"),
+    ("label_values_outside", label_values_outside, "label_ed.nii.gz: label values [0, 1, 2, 3, 7] outside [0, 1, 2"),
+    ("label_truncated", label_truncated, "label_ed.nii.gz: cannot be read as NIfTI (Compressed file ended"),
+    ("annotation_missing", annotation_missing, "study: no annotation: neither annotation.nii.gz nor label_ed.nii.gz"),
+    ("annotation_without_phase", annotation_without_phase, "info.json: missing 'annotated_phase' for annotation.nii"),
+    ("info_missing", info_missing, "info.json: missing 'ed' for label_ed.nii.gz"),
+    ("info_not_json", info_not_json, "info.json: cannot be read as JSON"),
+    ("info_ed_not_int", info_ed_not_int, "info.json: 'ed' is '0'; expected a 0-based integer phase"),
+    ("info_ed_out_of_range", info_ed_out_of_range, "info.json: ed=99 is outside the 5 phases"),
+    ("info_slices_out_of_range", info_slices_out_of_range, "info.json: 'annotated_slices_ed' lists slices [9] outside"),
+    ("es_out_of_range_training", es_out_of_range_training, "info.json: es=5 is outside the 5 phases"),
+    ("top_k_above_memory_patches", top_k_above_memory_patches, "top_k must be in [1, 9] (memory patches T*N), got 100"),
+    ("top_k_zero", top_k_zero, "top_k must be >= 1, got 0"),
+    ("patch_size_odd", patch_size_odd, "patch_size must be even and >= 2, got 5"),
+    ("patch_size_below_2", patch_size_below_2, "patch_size must be even and >= 2, got 0"),
+    ("matching_mode_unknown", matching_mode_unknown, "matching mode must be 'plm' or 'dense', got 'sparse'"),
+    ("matching_strides_unknown", matching_strides_unknown, "matching strides must be a non-empty subset of (16, 8)"),
+    ("variant_unknown", variant_unknown, "unknown CSTM variant 'tiny'"),
+    ("annotated_slice_outside_study", annotated_slice_outside_study, "annotated frame (9, 0) lies outside a study"),
+    ("annotation_values_above_classes", annotation_values_above_classes, "annotation values [7] outside 0..3"),
+    ("checkpoint_corrupt", checkpoint_corrupt, "model.pt: cannot be read as a checkpoint"),
+    ("checkpoint_other_variant", checkpoint_other_variant, "model.pt: does not fit the network"),
+]
+
+
+def user_error(error: BaseException) -> BaseException:
+    """The error the user should read: the first ValueError along the cause chain (MONAI's ConfigParser wraps errors
+    in RuntimeError('Failed to instantiate component ...') from the original), else ``error`` itself."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, ValueError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return error
+
+
+def row(case: str) -> tuple:
+    """(case id, builder, expected) of a row of :data:`CASES`, marked or not."""
+    return next(r for r in (getattr(c, "values", c) for c in CASES) if r[0] == case)
+
+
+@pytest.mark.parametrize("case, build, expected", CASES, ids=[getattr(c, "id", None) or c[0] for c in CASES])
+def test_bad_input_gives_one_clear_error(case: str, build: Callable, expected: str, tmp_path: Path) -> None:
+    action = build(tmp_path)
+    with pytest.raises(Exception) as raised:
+        action()
+    error = user_error(raised.value)
+    message = str(error)
+    assert isinstance(error, CSTMInputError if isinstance(action, Inference) else ValueError), \
+        f"{type(error).__name__}: {message}"
+    assert expected in message
+    assert "\n" not in message and len(message) < 400, message  # one short line
+    origin = Path(traceback.extract_tb(error.__traceback__)[-1].filename)
+    assert SCRIPTS in origin.parents, f"raised in {origin}, not by the bundle's own checks"
+    if isinstance(action, Inference) and action.output_dir.is_dir():  # never a partial or overwritten output
+        assert all(p.read_bytes() == b"an earlier result" for p in action.output_dir.rglob("label_4d.nii.gz"))
+
+
+# ---------------------------------------------------------------- through the bundle runner
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("image_truncated", "image.nii.gz: file is truncated"),  # list_studies, before the network is built
+    ("image_nan", "image.nii.gz: image contains NaN or Inf values"),  # LoadStudyd inside the evaluator's run
+    ("output_not_writable", "file.txt/out: cannot create the output folder"),  # check_outputs
+])
+def test_bundle_runner_shows_the_short_message(case: str, expected: str, tmp_path: Path) -> None:
+    action = row(case)[1](tmp_path)
+    result = run_bundle("inference", "inference.json", "--dataset_dir", str(action.dataset_dir),
+                        "--output_dir", str(action.output_dir), timeout=120)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+    assert not list(tmp_path.rglob("label_4d.nii.gz"))
+
+
+# ---------------------------------------------------------------- not errors: one slice, one phase
+
+
+@pytest.mark.parametrize("shape", [(96, 96, 1, 5), (96, 96, 4, 1)], ids=["one_slice_z1", "one_phase_t1"])
+def test_single_slice_or_phase_is_propagated(shape: tuple[int, ...], tmp_path: Path) -> None:
+    """Z = 1 propagates along t only, T = 1 along z only; the label map covers the whole study."""
+    write_study(tmp_path / "data" / "study", shape=shape, info={"ed": 0, "es": 0})
+    (item,) = inference_on(tmp_path)()
+    assert item["image"].shape == (1, *shape)
+    network = build_cstm("small").eval()
+    labels = Propagation4DInferer(roi_size=None)(
+        item["image"][None], network, item["annotation"][None], annotation_slice=item["annotation_slice"],
+        annotation_phase=item["annotation_phase"], image_spacing=item["image_spacing"][None])
+    assert labels.shape == (1, 1, *shape) and labels.dtype == torch.uint8
+    annotated = labels[0, 0, :, :, item["annotation_slice"], item["annotation_phase"]]
+    assert torch.equal(annotated, item["annotation"].to(torch.uint8))
+    assert int(labels.max()) < network.num_classes
+
+
+def test_frames_smaller_than_the_network_minimum_are_padded(tmp_path: Path) -> None:
+    network = build_cstm("small").eval()
+    image, annotation = torch.rand(1, 1, *SHAPE[:2], 2, 2), torch.as_tensor(heart_labels(*SHAPE[:3])[None, :, :, 0])
+    labels = Propagation4DInferer(roi_size=None)(image, network, annotation, annotation_slice=0, annotation_phase=0)
+    assert labels.shape == image.shape
