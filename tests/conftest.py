@@ -1,25 +1,10 @@
-"""Shared fixtures: paths, phantom studies and the small network of the shipped model."""
+"""Shared fixtures: fresh phantom studies."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "cstm_bundle"
-CONFIGS = BUNDLE / "configs"
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def run_bundle(run_id: str, config: str, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle run <run_id> --config_file cstm_bundle/configs/<config>`` from the repo root."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", f"cstm_bundle/configs/{config}", *overrides]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from conftest import BUNDLE, run_bundle
+from helpers import BUNDLE, run_bundle
 from scripts.data import LoadStudyd
 from scripts.errors import CSTMInputError
 from scripts.inferers import Propagation4DInferer

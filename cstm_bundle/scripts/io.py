@@ -37,6 +37,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrit
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = "".join(path.suffixes)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions of any new file
         os.close(fd)
     except OSError as e:
         raise CSTMInputError(path.parent, f"cannot write into this folder ({e.strerror})", "a writable output folder") from e
@@ -48,6 +49,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrit
             os.remove(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, overwrite: bool = False,

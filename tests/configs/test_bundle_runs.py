@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA, run_bundle
+from helpers import SHARED_DATA, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,8 @@ def test_training_runs_and_checkpoints(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "val_mean_dice" in result.stdout
     assert "train_loss:" in result.stdout  # per-iteration loss is logged
-    last = torch.load(out / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
-    assert set(last) == {"model", "optimizer", "trainer"}
+    last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert set(last) == {"model", "optimizer", "trainer", "best"}
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] == 2 * 2  # 2 epochs of 2 training studies
     best = torch.load(out / "model.pt", map_location="cpu")
     assert any(k.startswith("key_encoder.") for k in best)

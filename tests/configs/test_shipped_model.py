@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
-from conftest import BUNDLE, CONFIGS
+from helpers import BUNDLE, CONFIGS
 
 CLASSES = {1: "RV", 2: "Myo", 3: "LV"}
 

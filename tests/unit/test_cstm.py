@@ -9,15 +9,14 @@ from torch import nn
 
 from scripts.engines import propagate_triplet
 from scripts.networks.cstm import CSTM, build_cstm, stack_memory
-from tiny import TINY_CSTM
+from helpers import TINY_CSTM
 
-SMALL = TINY_CSTM
 
 
 
 def small_net(**kwargs) -> CSTM:
     torch.manual_seed(0)
-    return CSTM(**{**SMALL, **kwargs})
+    return CSTM(**{**TINY_CSTM, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -176,4 +175,4 @@ def test_unknown_variant_and_bad_class_count_are_rejected() -> None:
     with pytest.raises(ValueError, match="huge"):
         build_cstm("huge")
     with pytest.raises(ValueError, match="num_classes"):
-        CSTM(num_classes=1, **SMALL)
+        CSTM(num_classes=1, **TINY_CSTM)

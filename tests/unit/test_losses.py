@@ -8,9 +8,8 @@ import torch.nn.functional as F
 
 from scripts.engines import BootstrappedCE, propagate_triplet
 from scripts.networks.cstm import CSTM, stack_memory
-from tiny import TINY_CSTM
+from helpers import TINY_CSTM
 
-SMALL = TINY_CSTM
 
 
 
@@ -120,7 +119,7 @@ def test_top_p_one_is_plain_cross_entropy_forever() -> None:
 @pytest.fixture(scope="module")
 def net() -> CSTM:
     torch.manual_seed(0)
-    return CSTM(**SMALL).eval()
+    return CSTM(**TINY_CSTM).eval()
 
 
 def test_propagate_triplet_reads_frame_1_then_frames_1_and_2(net: CSTM) -> None:

@@ -13,16 +13,15 @@ from scripts.inferers.propagation import Propagation4DInferer, crop_padding, pad
 from scripts.inferers.schedule import dependency_levels, plan_propagation
 from scripts.networks.cstm import CSTM
 from scripts.networks.matching import dense_readout
-from tiny import TINY_CSTM
+from helpers import TINY_CSTM
 
-SMALL = TINY_CSTM
 
 
 
 @pytest.fixture(scope="module")
 def net() -> CSTM:
     torch.manual_seed(0)
-    return CSTM(**SMALL).eval()
+    return CSTM(**TINY_CSTM).eval()
 
 
 def blocky_annotation(h: int, w: int) -> torch.Tensor:

@@ -1,14 +1,21 @@
-"""Checkpoint loading whose failures name the file and the problem."""
+"""Checkpoints: loading whose failures name the file and the problem; atomic saving and resuming of training."""
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader
 
 from ..errors import CSTMInputError
+from ..io import write_atomic
+
+logger = logging.getLogger(__name__)
 
 
 class CheckedCheckpointLoader(CheckpointLoader):
@@ -20,20 +27,112 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine: Any) -> None:
         path = self.load_path
-        if not os.path.isfile(path):
-            raise CSTMInputError(path, "checkpoint file not found", "the weights file (--checkpoint PATH)")
-        try:
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for damaged files
-            raise CSTMInputError(path, f"cannot be read as a checkpoint ({_first_line(e)})",
-                                 "a file saved by the training config") from e
+        self.read(path)
         try:
             super().__call__(engine)
         except RuntimeError as e:
             raise CSTMInputError(path, f"does not fit the network ({_first_line(e)})",
                                  "a checkpoint of the configured variant and matching options") from e
 
+    @staticmethod
+    def read(path: str | os.PathLike) -> dict[str, Any]:
+        """``torch.load`` (weights only, on the CPU) with a one-line error for a missing or damaged file."""
+        if not os.path.isfile(path):
+            raise CSTMInputError(path, "checkpoint file not found", "the weights file (--checkpoint PATH)")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for damaged files
+            raise CSTMInputError(path, f"cannot be read as a checkpoint ({_first_line(e)})",
+                                 "a file saved by the training config") from e
+
 
 def _first_line(error: BaseException, limit: int = 160) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_MODEL = "model.pt"
+
+
+def _save_torch(obj: Any, path: Path) -> Path:
+    """``torch.save`` through a temporary file and a rename: a kill during the save leaves the old file intact."""
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
+
+
+def check_run_folder(output_dir: str | os.PathLike, resume: bool = False) -> None:
+    """Fail before any work if ``output_dir`` holds an earlier run's checkpoints and ``resume`` is off."""
+    earlier = [p for p in (Path(output_dir) / LAST_CHECKPOINT, Path(output_dir) / BEST_MODEL) if p.exists()]
+    if earlier and not resume:
+        raise CSTMInputError(earlier[0], "an earlier training run is in this output folder",
+                             "--resume true to continue it, or a new --output_dir")
+    if resume and not earlier:
+        logger.warning(f"--resume true, but {output_dir} holds no {LAST_CHECKPOINT}: training from the start")
+
+
+class ResumableCheckpoint:
+    """The training run's checkpoints, written atomically into ``output_dir``, and resuming from them.
+
+    - ``checkpoint_last.pt``: ``save_dict``'s state dicts (model, optimizer, trainer, ...) plus the evaluator's best
+      metric, replaced at the end of every epoch. A run killed at any moment loses at most the epoch under way.
+    - ``model.pt``: the network's weights at the best validation epoch (the evaluator's key metric), replaced only
+      when that metric improves.
+
+    With ``resume`` the trainer restores ``checkpoint_last.pt`` when it starts and goes on from the epoch after it;
+    ``max_epochs`` comes from the config, so a finished run can be extended. :func:`check_run_folder` keeps a new
+    run from overwriting an earlier one.
+
+    Args:
+        output_dir: the run folder (``--output_dir``).
+        save_dict: name -> object with ``state_dict`` / ``load_state_dict``; must hold ``"model"`` and the trainer.
+        evaluator: the validation engine whose ``best_metric`` decides ``model.pt``; None saves no ``model.pt``.
+        resume: restore ``checkpoint_last.pt`` if there is one (``--resume true``).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, save_dict: dict[str, Any], evaluator: Any = None,
+                 resume: bool = False):
+        if "model" not in save_dict:
+            raise ValueError(f"save_dict must hold 'model', got keys {sorted(save_dict)}.")
+        self.output_dir = Path(output_dir)
+        self.save_dict = save_dict
+        self.evaluator = evaluator
+        self.resume = resume
+        self.last_path = self.output_dir / LAST_CHECKPOINT
+        self.best_path = self.output_dir / BEST_MODEL
+
+    def attach(self, trainer: Engine) -> None:
+        """Restore at ``STARTED`` (when resuming), save ``checkpoint_last.pt`` at every ``EPOCH_COMPLETED``."""
+        if self.resume and self.last_path.exists():
+            trainer.add_event_handler(Events.STARTED, self.load)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.save_last)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_best)
+
+    def load(self, trainer: Engine) -> None:
+        checkpoint = CheckedCheckpointLoader.read(self.last_path)
+        max_epochs = trainer.state.max_epochs
+        try:
+            Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CSTMInputError(self.last_path, f"does not fit this training config ({_first_line(e)})",
+                                 "a checkpoint of the same network and optimizer") from e
+        if trainer.state.epoch >= max_epochs:
+            raise CSTMInputError(self.last_path, f"the run already finished its {trainer.state.epoch} epochs",
+                                 f"--max_epochs above {trainer.state.epoch} to train further")
+        trainer.state.max_epochs = max_epochs
+        if self.evaluator is not None and "best" in checkpoint:
+            self.evaluator.state.best_metric = checkpoint["best"]["metric"]
+            self.evaluator.state.best_metric_epoch = checkpoint["best"]["epoch"]
+        trainer.logger.info(f"resumed from {self.last_path}: epoch {trainer.state.epoch} of {max_epochs} done")
+
+    def save_last(self, trainer: Engine) -> None:
+        state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        if self.evaluator is not None:
+            state["best"] = {"metric": self.evaluator.state.best_metric, "epoch": self.evaluator.state.best_metric_epoch}
+        _save_torch(state, self.last_path)
+
+    def save_best(self, evaluator: Engine) -> None:
+        if evaluator.state.best_metric_epoch == evaluator.state.epoch:
+            _save_torch(self.save_dict["model"].state_dict(), self.best_path)
+            evaluator.logger.info(f"best {evaluator.state.key_metric_name} {evaluator.state.best_metric:.4f} "
+                                  f"at epoch {evaluator.state.epoch}: {self.best_path}")

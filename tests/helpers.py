@@ -1,0 +1,30 @@
+"""Paths and helpers shared by the tests (``tests/`` is on ``sys.path``, see pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "cstm_bundle"
+CONFIGS = BUNDLE / "configs"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TINY_CSTM = dict(key_block="basic", key_layers=(1, 1, 1), key_widths=(16, 16, 32), value_layers=(1, 1, 1),
+                 value_widths=(8, 16, 16), value_channels=(32, 16), decoder_channels=(32, 16, 16))
+"""A CSTM small enough for unit tests (about 0.1 M parameters)."""
+
+
+def bundle_command(run_id: str, config: str, *overrides: str) -> list[str]:
+    """``python -m monai.bundle run <run_id> --config_file cstm_bundle/configs/<config> <overrides>``."""
+    return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", f"cstm_bundle/configs/{config}",
+            *overrides]
+
+
+def run_bundle(run_id: str, config: str, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run :func:`bundle_command` from the repo root and wait for it."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(bundle_command(run_id, config, *overrides), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
