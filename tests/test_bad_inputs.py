@@ -27,7 +27,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from helpers import BUNDLE, run_bundle
 from scripts.data import LoadStudyd
-from scripts.errors import CSTMInputError
+from scripts.errors import CSTMInputError, check_overrides
 from scripts.inferers import Propagation4DInferer
 from scripts.networks import build_cstm, plm_readout
 
@@ -293,6 +293,17 @@ def matching_strides_unknown(tmp: Path) -> Callable[[], object]:
     return network_from_config(tmp, matching_strides=[4])
 
 
+def override_mistyped(tmp: Path) -> Callable[[], object]:
+    argv = ["run", "training", "--config_file", str(BUNDLE / "configs" / "train.json"), "--max_epoch", "5"]
+    return lambda: check_overrides(argv)
+
+
+def override_unknown_section(tmp: Path) -> Callable[[], object]:
+    argv = ["run", "inference", "--config_file", f"['{INFERENCE_CONFIG}']", "--inferer#max_batch", "4",
+            "--preprocess#transforms", "[]"]
+    return lambda: check_overrides(argv)
+
+
 def variant_unknown(tmp: Path) -> Callable[[], object]:
     return lambda: build_cstm("tiny")
 
@@ -357,6 +368,8 @@ CASES = [
     ("patch_size_below_2", patch_size_below_2, "patch_size must be even and >= 2, got 0"),
     ("matching_mode_unknown", matching_mode_unknown, "matching mode must be 'plm' or 'dense', got 'sparse'"),
     ("matching_strides_unknown", matching_strides_unknown, "matching strides must be a non-empty subset of (16, 8)"),
+    ("override_mistyped", override_mistyped, "--max_epoch: no such option in /"),
+    ("override_unknown_section", override_unknown_section, "--preprocess#transforms: no such option in /"),
     ("variant_unknown", variant_unknown, "unknown CSTM variant 'tiny'"),
     ("annotated_slice_outside_study", annotated_slice_outside_study, "annotated frame (9, 0) lies outside a study"),
     ("annotation_values_above_classes", annotation_values_above_classes, "annotation values [7] outside 0..3"),

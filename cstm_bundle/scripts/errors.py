@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from monai.bundle import ConfigParser
 
 
 class CSTMInputError(ValueError):
@@ -46,3 +53,47 @@ def install_error_summary() -> None:
 
     hook.cstm_summary = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+RUNNER_OPTIONS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+"""Options of ``monai.bundle run`` itself; every other ``--name`` on its command line overrides a config id."""
+
+
+def check_overrides(argv: list[str] | None = None) -> None:
+    """Fail on a ``--name`` override that is no id of the config (``--max_epoch 5`` for ``--max_epochs``), which
+    ``monai.bundle run`` would otherwise add silently and ignore.
+
+    Only ``python -m monai.bundle run`` command lines are checked (``argv`` defaults to ``sys.argv`` then; other
+    callers, e.g. MONAI Label, have command lines of their own). ``--a#b`` is accepted when ``a#b`` exists, or when
+    ``a`` is a component and ``b`` a new argument for it.
+
+    Raises:
+        CSTMInputError: naming the option and the closest ids of the config.
+    """
+    if argv is None:
+        if not sys.argv or Path(sys.argv[0]).parts[-2:] != ("bundle", "__main__.py"):
+            return
+        argv = sys.argv[1:]
+    options = {a[2:].split("=")[0]: i for i, a in enumerate(argv) if a.startswith("--")}
+    if "config_file" not in options:
+        return
+    files = argv[options["config_file"] + 1]
+    files = ast.literal_eval(files) if files.startswith("[") else [files]
+    config = ConfigParser.load_config_files(files)
+    ids = set(_ids(config))
+    for name in options.keys() - RUNNER_OPTIONS:
+        parent = name.rpartition("#")[0]
+        if name in ids or (parent in ids and isinstance(ConfigParser(config)[parent], dict)):
+            continue
+        close = difflib.get_close_matches(name, sorted(ids), n=3)
+        raise CSTMInputError(f"--{name}", f"no such option in {', '.join(map(str, files))}",
+                             f"one of {', '.join('--' + c for c in close)}" if close else "an id of the config")
+
+
+def _ids(config: Any, prefix: str = "") -> Iterator[str]:
+    """Every id of a config: ``a``, ``a#b``, ``a#0``, ..."""
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        yield name
+        yield from _ids(value, f"{name}#")

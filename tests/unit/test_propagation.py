@@ -170,6 +170,27 @@ def test_max_batch_does_not_change_the_labels(net: CSTM) -> None:
     assert len({lv for lv, _, _ in traces[1]}) < len(traces[1])  # the large batch did share calls
 
 
+def test_out_of_memory_halves_the_batch_and_gives_the_same_labels(net: CSTM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device that holds 2 query frames per call: larger calls raise CUDA's out-of-memory error, the inferer retries
+    in halves and the labels equal those of frame-by-frame propagation."""
+    torch.manual_seed(6)
+    image, ann = torch.rand(96, 96, 3, 4), blocky_annotation(96, 96)
+    plan = plan_propagation(3, 4, (1, 0), "both", base_first=True)
+    serial = propagate_4d(net, image, ann, plan, (1, 0), max_batch=1)
+    segment, sizes = net.segment, []
+
+    def small_device(key, memory):
+        sizes.append(key.key16.shape[0])
+        if sizes[-1] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return segment(key, memory)
+
+    monkeypatch.setattr(net, "segment", small_device)
+    chunked = propagate_4d(net, image, ann, plan, (1, 0), max_batch=8)
+    assert torch.equal(chunked, serial)
+    assert max(sizes) > 2 and 2 in sizes  # it did try large calls, then went on in halves
+
+
 def test_dense_readout_follows_a_known_motion() -> None:
     """A bright square and a key texture that move 1 px per phase: the readout of phases 0, 1 at phase 2 is the square
     moved twice. Keys are a random texture carried with the content (as encoder features would be), so every query

@@ -8,7 +8,7 @@ memory patches, so their scale does not matter) are the same expression on flatt
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,22 @@ def topk_memory_patches(query_key: Tensor, memory_key: Tensor, patch_size: int, 
     return affinity.topk(top_k, dim=2).indices  # (B, N, K)
 
 
+def plm_chunk_size(patch_size: int, top_k: int, key_channels: int, value_channels: int, element_size: int = 4,
+                   chunk_bytes: int = 8 * 2**20) -> int:
+    """Query patches that :func:`plm_readout` reads at once so that one chunk's temporaries fit in ``chunk_bytes``.
+
+    Per query patch (and batch item) a chunk holds the gathered keys (C_k + 1, K*P*P) and values (C_v, K*P*P), the
+    affinity and its softmax (P*P, K*P*P) each, and the readout (P*P, C_v). The bound does not grow with the image, the
+    batch or T, and is what keeps PLMM's peak memory below dense matching's (paper §3.1).
+
+    Returns:
+        the chunk size, at least 1.
+    """
+    pp, kpp = patch_size**2, top_k * patch_size**2
+    per_patch = ((key_channels + 1 + value_channels) * kpp + 2 * pp * kpp + pp * value_channels) * element_size
+    return max(1, chunk_bytes // per_patch)
+
+
 def plm_readout(
     query_key: Tensor,
     memory_key: Tensor,
@@ -113,15 +129,16 @@ def plm_readout(
     patch_size: int = 6,
     top_k: int = 4,
     topk_idx: Tensor | None = None,
-    chunk_size: int | None = 8,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Patch-level memory matching (PLMM, paper §3.1) at one stride.
 
     Overlapping P×P patches with stride P//2. Each query patch keeps its top-K memory patches out of all T*N by
     patch-level affinity; each query pixel softmaxes over the K*P*P pixels of those patches (eq. 2), reads out their
     values (eq. 3), and overlapping patch readouts are averaged (eq. 4). Nothing of size (T*H*W, H*W) is built, and the
-    memory is never unfolded into patches: the pixels of the selected patches are gathered by index, a chunk of query
-    patches at a time, and the readouts are summed back in place.
+    memory is never unfolded into patches: the pixels of the selected patches are gathered by index from the memory's
+    own (B, C, T*H*W) layout, a chunk of query patches at a time, and the readouts are summed back in place. The pixel
+    affinity (2 kᵀq - ||k||²) / sqrt(C_k) is one product of [2q, -1] / sqrt(C_k) with the keys extended by ||k||².
 
     Args:
         query_key: (B, C_k, H, W), H and W multiples of P//2 and >= P.
@@ -131,38 +148,45 @@ def plm_readout(
         top_k: K, memory patches kept per query patch, 1 <= K <= T*N (paper: 4).
         topk_idx: (B, N, K) from the stride-16 call, reused at stride 8 (same patch grid, paper §3.2); None computes it.
         chunk_size: query patches read at once (bounds the (B, chunk, K*P*P, C_v) gathered values and the
-            (B, chunk, P*P, K*P*P) affinity); None reads all N at once.
+            (B, chunk, P*P, K*P*P) affinity); None takes :func:`plm_chunk_size` (16 MiB of temporaries per batch item).
     Returns:
         readout (B, C_v, H, W) and topk_idx (B, N, K).
     Raises:
-        ValueError: shapes disagree, the map cannot be tiled by the patches, or K is out of range.
+        ValueError: shapes disagree, the map cannot be tiled by the patches, K is out of range or chunk_size < 1.
     """
     _check_memory(query_key, memory_key, memory_value)
     b, ck, h, w = query_key.shape
-    t = memory_key.shape[2]
+    cv, t = memory_value.shape[1], memory_key.shape[2]
     pixels = patch_pixels((h, w), patch_size, query_key.device)  # (N, P*P)
-    n = pixels.shape[0]
+    n, pp = pixels.shape
     if topk_idx is None:
         topk_idx = topk_memory_patches(query_key, memory_key, patch_size, top_k)
-    elif topk_idx.shape[:2] != (b, n) or int(topk_idx.max()) >= t * n:
+    elif topk_idx.ndim != 3 or topk_idx.shape[:2] != (b, n) or int(topk_idx.max()) >= t * n:
         raise ValueError(f"topk_idx {tuple(topk_idx.shape)} does not fit {n} query and {t * n} memory patches.")
-    q = query_key.flatten(2).transpose(1, 2)  # (B, H*W, C_k)
-    mk = memory_key.flatten(2).transpose(1, 2)  # (B, T*H*W, C_k)
-    mv = memory_value.flatten(2).transpose(1, 2)  # (B, T*H*W, C_v), a view: gathered rows are copied, not the map
-    mk_sq = mk.pow(2).sum(2)  # (B, T*H*W)
+    kpp = topk_idx.shape[2] * pp
+    if chunk_size is None:
+        chunk_size = plm_chunk_size(patch_size, topk_idx.shape[2], ck, cv, query_key.element_size())
+    elif chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
+    q = query_key.flatten(2)  # (B, C_k, H*W)
+    q = torch.cat([2 * q, -torch.ones_like(q[:, :1])], 1) / math.sqrt(ck)  # (B, C_k+1, H*W)
+    query_patches = q.transpose(1, 2)[:, pixels]  # (B, N, P*P, C_k+1)
+    mk = memory_key.flatten(2)  # (B, C_k, T*H*W)
+    mk = torch.cat([mk, mk.pow(2).sum(1, keepdim=True)], 1)  # (B, C_k+1, T*H*W)
+    mv = memory_value.flatten(2)  # (B, C_v, T*H*W), a view
     # flat memory pixel of every selected patch: frame t = idx // N, patch idx % N
     memory_pixels = (topk_idx // n * (h * w)).unsqueeze(3) + pixels[topk_idx % n]  # (B, N, K, P*P)
-    out = q.new_zeros(b, h * w, memory_value.shape[1])  # (B, H*W, C_v)
-    batch = torch.arange(b, device=q.device)[:, None, None]
-    step = chunk_size or n
-    for i in range(0, n, step):
-        query_pixels = pixels[i: i + step]  # (n, P*P)
-        gathered = memory_pixels[:, i: i + step].flatten(2)  # (B, n, K*P*P)
-        qc = q[:, query_pixels]  # (B, n, P*P, C_k)
-        k_sel, v_sel = mk[batch, gathered], mv[batch, gathered]  # (B, n, K*P*P, C_k), (B, n, K*P*P, C_v)
-        affinity = 2 * qc @ k_sel.transpose(2, 3) - mk_sq[batch, gathered].unsqueeze(2)  # (B, n, P*P, K*P*P)
-        readout = (affinity / math.sqrt(ck)).softmax(dim=3) @ v_sel  # (B, n, P*P, C_v)
-        out.index_add_(1, query_pixels.flatten(), readout.flatten(1, 2).to(out.dtype))
+    out = q.new_zeros(b, h * w, cv)  # (B, H*W, C_v)
+    for i in range(0, n, chunk_size):
+        chunk = min(chunk_size, n - i)
+        selected = memory_pixels[:, i: i + chunk].flatten(1)  # (B, chunk*K*P*P)
+        k_sel = mk.gather(2, selected[:, None].expand(-1, ck + 1, -1))  # (B, C_k+1, chunk*K*P*P)
+        v_sel = mv.gather(2, selected[:, None].expand(-1, cv, -1))  # (B, C_v, chunk*K*P*P)
+        k_sel = k_sel.unflatten(2, (chunk, kpp)).movedim(1, 2)  # (B, chunk, C_k+1, K*P*P)
+        v_sel = v_sel.unflatten(2, (chunk, kpp)).permute(0, 2, 3, 1)  # (B, chunk, K*P*P, C_v)
+        weights = (query_patches[:, i: i + chunk] @ k_sel).softmax(dim=3)  # (B, chunk, P*P, K*P*P)
+        readout = weights @ v_sel  # (B, chunk, P*P, C_v)
+        out.index_add_(1, pixels[i: i + chunk].flatten(), readout.flatten(1, 2).to(out.dtype))
     count = torch.bincount(pixels.flatten(), minlength=h * w).to(out.dtype)  # (H*W,) patches covering each pixel
     return (out / count[:, None]).transpose(1, 2).unflatten(2, (h, w)), topk_idx  # (B, C_v, H, W)
 
