@@ -299,3 +299,24 @@ def check_outputs(studies: list[dict[str, str]], output_dir: str | os.PathLike, 
         raise CSTMInputError(root, f"cannot create the output folder ({e.strerror})", "a writable path") from e
     if not os.access(root, os.W_OK):
         raise CSTMInputError(root, "output folder is not writable", "a writable path")
+
+
+class AsCineStudyd(MapTransform):
+    """A cine image of one slice, (C, H, W, T), as a study of one slice, (C, H, W, 1, T); a 4D study (C, H, W, Z, T)
+    passes unchanged. Lets 3D tools (MONAI Label handles 2D/3D images only) send a single-slice cine.
+
+    Raises:
+        CSTMInputError: an item that is neither (C, H, W, T) nor (C, H, W, Z, T), naming its file.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            if x.ndim == 4:
+                d[key] = x.unsqueeze(3)
+            elif x.ndim != 5:
+                source = getattr(x, "meta", {}).get("filename_or_obj", key)
+                raise CSTMInputError(source, f"image has shape {tuple(x.shape[1:])}",
+                                     "a cine slice (H, W, T) or a study (H, W, Z, T)")
+        return d

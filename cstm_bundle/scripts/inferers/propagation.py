@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 from torch import Tensor
 
@@ -135,11 +136,32 @@ def _predict_within_memory(network: CSTM, batch: list[Frame], plan: Plan, bank: 
             _predict_within_memory(network, part, plan, bank, frames, labels)
 
 
+def annotated_frame(labels: Tensor) -> tuple[Tensor, int, int]:
+    """The annotated frame of an annotation channel: labels (H, W, Z, T), 0 outside the annotated frames.
+
+    The rule :class:`~scripts.data.LoadStudyd` applies to ``annotation.nii.gz``: the first phase with a labelled pixel,
+    and of its labelled slices the middle one.
+
+    Returns:
+        (H, W) labels of that frame, its slice z_a and phase t_a.
+    Raises:
+        ValueError: no labelled pixel.
+    """
+    labelled = labels.flatten(0, 1).amax(0) > 0  # (Z, T)
+    if not labelled.any():
+        raise ValueError("the annotation channel holds no labelled pixel; expected labels 1-3 on one frame.")
+    t = int(labelled.any(0).nonzero()[0])
+    zs = labelled[:, t].nonzero().flatten().tolist()
+    z = zs[len(zs) // 2]
+    return labels[:, :, z, t], z, t
+
+
 class Propagation4DInferer(Inferer):
     """Paper Fig. 5: along t in the annotated slice, then along z at every phase (phases batched).
 
     Called by MONAI's ``SupervisedEvaluator`` as ``inferer(image, network, annotation=..., annotation_slice=...,
-    annotation_phase=..., image_spacing=...)``. With ``roi_size`` set, every frame is cropped to a square of
+    annotation_phase=..., image_spacing=...)``, or, as MONAI Label's inference tasks call an inferer, as
+    ``inferer(inputs, network)`` with the annotation as a second input channel (see :meth:`__call__`). With ``roi_size`` set, every frame is cropped to a square of
     ``roi_size * spacing`` mm around the annotated heart and resampled to ``roi_size`` pixels (see
     :mod:`scripts.data.roi`); the labels are mapped back onto the input grid, background outside the ROI. Without it,
     whole frames are zero-padded to the network's size multiple.
@@ -185,21 +207,34 @@ class Propagation4DInferer(Inferer):
         return plan_propagation(num_slices, num_phases, annotated, self.continuity, self.time_memory_size,
                                 self.slice_memory_size, base_first if self.base_first is None else self.base_first)
 
-    def __call__(self, inputs: Tensor, network: CSTM, annotation: Tensor, annotation_slice: Any,
-                 annotation_phase: Any, image_spacing: Any = None, base_first: Any = True, *args: Any,
+    def __call__(self, inputs: Tensor, network: CSTM, annotation: Tensor | None = None, annotation_slice: Any = None,
+                 annotation_phase: Any = None, image_spacing: Any = None, base_first: Any = True, *args: Any,
                  **kwargs: Any) -> Tensor:
         """Segment a batch of studies.
 
         Args:
-            inputs: (B, 1, H, W, Z, T) normalised images.
+            inputs: (B, 1, H, W, Z, T) normalised images; or, without ``annotation``, (B, 2, H, W, Z, T): the image and
+                an annotation channel, 0 except on the annotated frame(s) (:func:`annotated_frame` picks one).
             network: the CSTM network.
             annotation: (B, H, W) labels of the annotated frames.
             annotation_slice, annotation_phase: (B,) tensors or ints, z_a and t_a of each study.
-            image_spacing: (B, 2) in-plane spacing (mm) of rows and columns; needed with ``roi_size``.
+            image_spacing: (B, 2) in-plane spacing (mm) of rows and columns; needed with ``roi_size``, taken from the
+                affine when ``inputs`` is a ``MetaTensor``.
             base_first: (B,) per-study slice order, used unless the inferer's ``base_first`` is set.
         Returns:
             labels (B, 1, H, W, Z, T), uint8.
         """
+        if annotation is None:
+            if inputs.ndim != 6 or inputs.shape[1] != 2:
+                raise ValueError("without an annotation argument, expected inputs (B, 2, H, W, Z, T) (image, "
+                                 f"annotation channel), got {tuple(inputs.shape)}.")
+            if image_spacing is None and isinstance(inputs, MetaTensor):
+                image_spacing = torch.linalg.norm(inputs.affine.reshape(-1, 4, 4)[:, :3, :2].float(), dim=1)  # (B, 2)
+            channels = inputs[:, 1].as_tensor() if isinstance(inputs, MetaTensor) else inputs[:, 1]
+            frames = [annotated_frame(channel.round().long()) for channel in channels]  # (labels, z_a, t_a) each
+            annotation = torch.stack([f[0] for f in frames])
+            annotation_slice, annotation_phase = [f[1] for f in frames], [f[2] for f in frames]
+            inputs = inputs[:, :1]
         if inputs.ndim != 6 or inputs.shape[1] != 1:
             raise ValueError(f"expected inputs (B, 1, H, W, Z, T), got {tuple(inputs.shape)}.")
         if self.roi_size is not None and (image_spacing is None or self.roi_size % network.size_multiple):
