@@ -25,6 +25,7 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
+from dicom_writer import write_cine_dicom
 from helpers import BUNDLE, run_bundle
 from scripts.data import LoadStudyd
 from scripts.errors import CSTMInputError, check_overrides
@@ -155,6 +156,14 @@ def image_not_nifti(tmp: Path) -> Inference:
     action = study_with(tmp)
     (tmp / "data" / "study" / "image.nii.gz").write_bytes(gzip.compress(b"patient,ed,es\n001,0,9\n" * 50))
     return action
+
+
+def dicom_mixed_series(tmp: Path) -> Inference:
+    study = write_study(tmp / "data" / "study")
+    (study / "image.nii.gz").unlink()
+    write_cine_dicom(heart_image(), np.eye(4), study / "dicom")
+    write_cine_dicom(np.ones((16, 16, 1, 1), np.float32), np.eye(4), study / "dicom" / "localiser", description="loc")
+    return inference_on(tmp)
 
 
 # ---------------------------------------------------------------- builders: dataset and output folders
@@ -344,8 +353,9 @@ CASES = [
     ("image_truncated", image_truncated, "image.nii.gz: file is truncated"),
     ("image_garbage", image_garbage, "image.nii.gz: cannot be read as NIfTI (not a gzip file)"),
     ("image_not_nifti", image_not_nifti, "image.nii.gz: cannot be read as NIfTI"),
+    ("dicom_mixed_series", dicom_mixed_series, "study/dicom: mixed series: 2 different row counts among 21 images (series cine SAX, loc)"),
     ("dataset_missing", dataset_missing, "data: dataset folder does not exist"),
-    ("dataset_without_studies", dataset_without_studies, "data: no study folder (a folder with image.nii.gz) found"),
+    ("dataset_without_studies", dataset_without_studies, "data: no study folder (a folder with image.nii.gz or dicom/) found"),
     ("study_without_image", study_without_image, "data/image.nii.gz: study image not found"),
     ("output_exists", output_exists, "study/label_4d.nii.gz: output file exists; expected a new --output_dir"),
     ("output_not_writable", output_not_writable, "file.txt/out: cannot create the output folder (Not a directory)"),

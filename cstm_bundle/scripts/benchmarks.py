@@ -1,12 +1,13 @@
 """Benchmarks, run on purpose (never from the test suite). From ``cstm_bundle/``:
 
-    python -m scripts.benchmarks matching [--size 384] [--device cuda] [--repeats 5]
+    python -m scripts.benchmarks matching [--size 384] [--device cuda] [--repeats 7] [--threads 1]
     python -m scripts.benchmarks inference [--sizes 240,384] [--variants small,full] [--device cuda] [--amp true]
 
 ``matching`` times one memory readout (all configured strides) of the full variant's channel widths (C_k = 32,
 C_v = 512 at stride 16 and 256 at stride 8) for PLMM (strides 16 + 8), dense (16 + 8) and dense (16 only, STCN), for
-T = 2 and 3 memory frames, and prints a table with ratios to dense (16 + 8). Peak memory: the peak of the bytes
-held by torch's allocator during one readout, above its inputs (CUDA: ``max_memory_allocated``; CPU: the torch
+T = 2 and 3 memory frames, and prints a table with ratios to dense (16 + 8). The three cases are timed in turns in one
+process (median of the rounds), so that other jobs on a shared machine slow them alike. Peak memory: the peak of the
+bytes held by torch's allocator during one readout, above its inputs (CUDA: ``max_memory_allocated``; CPU: the torch
 profiler's allocation records). ``inference`` runs each case in a fresh subprocess and reports peak resident memory
 (Linux ``ru_maxrss``) above the resident memory before the run on CPU.
 """
@@ -50,50 +51,60 @@ def _cpu_peak_mib(fn) -> float:
     return peak / 2**20
 
 
-def matching_case(case: str, size: int = 384, memory_frames: int = 2, device: str = "cpu", repeats: int = 5,
-                  patch_size: int = 6, top_k: int = 4) -> dict[str, float]:
-    """Time and peak memory of one readout configuration (one query frame); returns ms and MiB."""
-    mode, strides = CASES[case]
-    matcher = PatchMemoryMatcher(mode, patch_size, top_k, strides)
+def matching_cases(size: int = 384, memory_frames: int = 2, device: str = "cpu", repeats: int = 7,
+                   patch_size: int = 6, top_k: int = 4, threads: int | None = None) -> dict[str, dict[str, float]]:
+    """Time and peak memory of every readout configuration of :data:`CASES` (one query frame); case -> ms and MiB.
+
+    The cases are timed in turns (one readout of each case per round, ``repeats`` rounds, median), so that load from
+    other processes on a shared machine falls on all of them alike. Peak memory is measured once per case. ``threads``
+    sets torch's intra-op threads (CPU; None keeps the default).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).to(dev)
 
-    q = {s: rand(1, KEY_CHANNELS, size // s, size // s) for s in strides}
-    k = {s: rand(1, KEY_CHANNELS, memory_frames, size // s, size // s) for s in strides}
-    v = {s: rand(1, VALUE_CHANNELS[s], memory_frames, size // s, size // s) for s in strides}
+    q = {s: rand(1, KEY_CHANNELS, size // s, size // s) for s in (16, 8)}
+    k = {s: rand(1, KEY_CHANNELS, memory_frames, size // s, size // s) for s in (16, 8)}
+    v = {s: rand(1, VALUE_CHANNELS[s], memory_frames, size // s, size // s) for s in (16, 8)}
+    matchers = {case: PatchMemoryMatcher(mode, patch_size, top_k, strides) for case, (mode, strides) in CASES.items()}
+    peaks: dict[str, float] = {}
+    times: dict[str, list[float]] = {case: [] for case in CASES}
     with torch.no_grad():
-        matcher(q, k, v)  # warm-up
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            matcher(q, k, v)
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        else:
-            peak = _cpu_peak_mib(lambda: matcher(q, k, v))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            matcher(q, k, v)
+        for case, matcher in matchers.items():
+            matcher(q, k, v)  # warm-up
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return {"ms": 1000 * sorted(times)[len(times) // 2], "peak_mib": peak}
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                matcher(q, k, v)
+                peaks[case] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            else:
+                peaks[case] = _cpu_peak_mib(lambda: matcher(q, k, v))
+        for _ in range(repeats):
+            for case, matcher in matchers.items():
+                start = time.perf_counter()
+                matcher(q, k, v)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                times[case].append(time.perf_counter() - start)
+    return {case: {"ms": 1000 * sorted(times[case])[len(times[case]) // 2], "peak_mib": peaks[case]} for case in CASES}
 
 
-def matching(size: int = 384, device: str = "cpu", repeats: int = 5) -> None:
-    """Print the readout table: median ms and peak MiB per case, with ratios to dense 16+8."""
+def matching(size: int = 384, device: str = "cpu", repeats: int = 7, threads: int | None = None) -> None:
+    """Print the readout table: median ms and peak MiB per case, with ratios to dense 16+8 (one process per T)."""
     rows = []
     for frames in (2, 3):
-        results = {case: _in_subprocess("matching_case", case, size, frames, device, repeats) for case in CASES}
+        results = _in_subprocess("matching_cases", size, frames, device, repeats, 6, 4, threads)
         ref = results["dense 16+8"]
         for case, r in results.items():
             rows.append(f"| {frames} | {case} | {r['ms']:.1f} | {r['ms'] / ref['ms']:.2f} | {r['peak_mib']:.1f} | "
                         f"{r['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f} |")
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    threads = threads or torch.get_num_threads()
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {threads} threads"
     table = "\n".join([
         f"Memory readout, one {size}x{size} query frame, full-variant widths, fp32, {name}",
         "| T | matching | ms | time vs dense 16+8 | peak MiB | memory vs dense 16+8 |",
@@ -138,7 +149,7 @@ def inference_case(variant: str, size: int, max_batch: int, device: str = "cpu",
     return {"fps": num_slices * num_phases / seconds, "seconds": seconds, "peak_mib": peak}
 
 
-def _in_subprocess(fn: str, *args: object) -> dict[str, float]:
+def _in_subprocess(fn: str, *args: object) -> dict:
     code = (f"import json; from scripts.benchmarks import {fn}; "
             f"print(json.dumps({fn}(*json.loads({json.dumps(list(args))!r}))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dicom_writer import write_cine_dicom
 from helpers import SHARED_DATA, run_bundle
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,25 @@ def test_inference_generates_demo_when_missing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (demo / "phantom_1000" / "image.nii.gz").is_file()
     assert (tmp_path / "out" / "phantom_1000" / "label_4d.nii.gz").is_file()
+
+
+def test_inference_on_a_dicom_series_matches_its_nifti(phantom_studies: Path, tmp_path: Path) -> None:
+    """The same phantom study as NIfTI and as a DICOM series (one series per slice, shuffled file names): the DICOM
+    study is sorted back into (H, W, Z, T) and segmented like the NIfTI one."""
+    source = sorted(p for p in phantom_studies.iterdir() if p.is_dir())[0]
+    image = nib.load(source / "image.nii.gz")
+    data = tmp_path / "data"
+    shutil.copytree(source, data / "as_nifti")
+    (data / "as_dicom").mkdir()
+    for name in ("label_ed.nii.gz", "label_es.nii.gz", "info.json"):
+        shutil.copy(source / name, data / "as_dicom" / name)
+    write_cine_dicom(np.asarray(image.dataobj), image.affine, data / "as_dicom" / "dicom", series_per_slice=True)
+    result = run_bundle("inference", "inference.json", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from_nifti, from_dicom = (nib.load(tmp_path / "out" / s / "label_4d.nii.gz") for s in ("as_nifti", "as_dicom"))
+    np.testing.assert_allclose(from_dicom.affine, image.affine, atol=1e-4)
+    agree = (np.asarray(from_dicom.dataobj) == np.asarray(from_nifti.dataobj)).mean()
+    assert agree > 0.995, agree  # the DICOM pixels are uint16-quantised copies of the NIfTI ones
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "acdc_dev" / "patient001").is_dir(), reason="../shared/data/acdc_dev absent")

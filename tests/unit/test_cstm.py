@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.bundle import ConfigParser
 from torch import nn
 
 from scripts.engines import propagate_triplet
+from scripts.inferers.propagation import crop_padding, pad_to_multiple
 from scripts.networks.cstm import CSTM, build_cstm, stack_memory
-from helpers import TINY_CSTM
-
-
+from helpers import CONFIGS, TINY_CSTM
 
 
 def small_net(**kwargs) -> CSTM:
@@ -43,6 +43,23 @@ def test_segment_with_t_memory_frames(net: CSTM, size: tuple[int, int], t: int) 
     assert keys[0].key16.shape == (b, 32, h // 16, w // 16) and keys[0].key8.shape == (b, 32, h // 8, w // 8)
     assert memory.key16.shape == (b, 32, t, h // 16, w // 16)
     assert memory.value16.shape == (b, 32, t, h // 16, w // 16) and memory.value8.shape == (b, 16, t, h // 8, w // 8)
+    assert logits.shape == (b, 4, h, w)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("size, t", [((50, 61), 1), ((97, 130), 2), ((145, 100), 3)])
+def test_odd_sizes_are_padded_to_the_patch_grid_and_cropped_back(net: CSTM, size: tuple[int, int], t: int) -> None:
+    """Inputs of any size: pad to a multiple of 48 (at least 96) so that the stride-16 and stride-8 patch grids align."""
+    b, (h, w) = 1, size
+    g = torch.Generator().manual_seed(10 + t)
+    images, pad = pad_to_multiple(torch.rand(b, t + 1, h, w, generator=g), net.size_multiple, net.matcher.min_size)
+    padded = images.shape[-2:]
+    assert all(s % 48 == 0 and s >= 96 for s in padded) and padded[0] - h < 48 and padded[1] - w < 48
+    frames = [images[:, i: i + 1] for i in range(t + 1)]
+    with torch.no_grad():
+        keys = [net.encode_key(frame) for frame in frames]
+        values = [net.encode_value(frames[i], random_mask(b, *padded, i), keys[i]) for i in range(t)]
+        logits = crop_padding(net.segment(keys[t], stack_memory(keys[:t], values)), pad)
     assert logits.shape == (b, 4, h, w)
     assert torch.isfinite(logits).all()
 
@@ -176,3 +193,31 @@ def test_unknown_variant_and_bad_class_count_are_rejected() -> None:
         build_cstm("huge")
     with pytest.raises(ValueError, match="num_classes"):
         CSTM(num_classes=1, **TINY_CSTM)
+
+
+def _network_from_config(config: str, **overrides: object) -> CSTM:
+    """``network_def`` of a bundle config with overrides, as ``--network_def#top_k 2`` or ``--top_k 2`` would give."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser.update(overrides)
+    torch.manual_seed(0)
+    return parser.get_parsed_content("network_def")
+
+
+@pytest.mark.parametrize("config", ["inference.json", "train.json"])
+def test_config_overrides_change_the_matcher(config: str) -> None:
+    default = _network_from_config(config)
+    assert (default.matcher.mode, default.matcher.patch_size, default.matcher.top_k) == ("plm", 6, 4)
+    assert default.matcher.strides == (16, 8)
+    top_k = _network_from_config(config, **{"network_def#top_k": 2})
+    assert top_k.matcher.top_k == 2
+    top_k.load_state_dict(default.state_dict())  # same weights: K alone changes the logits (9 memory patches at 192)
+    x = torch.cat([torch.rand(1, 1, 192, 192, generator=torch.Generator().manual_seed(4)), random_mask(1, 192, 192)], 1)
+    with torch.no_grad():
+        assert not torch.allclose(top_k.eval()(x), default.eval()(x))
+    ablation = _network_from_config(config, matching_mode="dense", patch_size=4, matching_strides=[16])
+    assert (ablation.matcher.mode, ablation.matcher.patch_size, ablation.matcher.strides) == ("dense", 4, (16,))
+    assert ablation.size_multiple == 16
+    # the decoder drops the stride-8 readout: its stride-8 skip takes the key features only
+    assert ablation.decoder.up16_8.skip_conv.in_channels == default.key_encoder.channels[1]
+    assert default.decoder.up16_8.skip_conv.in_channels > default.key_encoder.channels[1]

@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from scripts.networks.matching import PatchMemoryMatcher, dense_readout, plm_readout
-
+from scripts.networks.matching import PatchMemoryMatcher, dense_readout, plm_chunk_size, plm_readout
 
 
 def naive_plm(
@@ -71,7 +70,7 @@ def test_plm_with_one_patch_and_all_memory_equals_dense(t: int) -> None:
     torch.testing.assert_close(readout, dense_readout(q, k, v), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 100])
 def test_plm_matches_naive_reference(chunk_size: int | None) -> None:
     q, k, v = random_memory(2, 3, 5, 2, 6, 6, seed=1)
     readout, idx = plm_readout(q, k, v, patch_size=4, top_k=2, chunk_size=chunk_size)
@@ -168,6 +167,37 @@ def test_topk_indices_of_another_grid_are_rejected() -> None:
         plm_readout(q, k, v, patch_size=4, top_k=1, topk_idx=torch.zeros(1, 9, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="topk_idx"):
         plm_readout(q, k, v, patch_size=4, top_k=1, topk_idx=torch.full((1, 4, 1), 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="topk_idx"):
+        plm_readout(q, k, v, patch_size=4, top_k=1, topk_idx=torch.full((1, 4, 1), -1, dtype=torch.long))
+
+
+def test_chunk_size_below_one_is_rejected() -> None:
+    q, k, v = random_memory(1, 2, 2, 1, 6, 6)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1 or None, got 0"):
+        plm_readout(q, k, v, patch_size=4, top_k=1, chunk_size=0)
+
+
+def test_default_chunk_size_follows_the_byte_budget() -> None:
+    # full variant at stride 8 (2P = 12, C_v = 256) and stride 16 (P = 6, C_v = 512): 1.48 MB and 0.43 MB per patch
+    assert plm_chunk_size(12, 4, 32, 256) == 5
+    assert plm_chunk_size(6, 4, 32, 512) == 19
+    assert plm_chunk_size(6, 4, 32, 512, batch_size=4) == 4  # the budget holds for the whole batch
+    assert plm_chunk_size(6, 4, 32, 512, element_size=2) == 39  # fp16 temporaries
+    assert plm_chunk_size(12, 4, 32, 256, batch_size=64) == 1  # never 0
+
+
+def test_plm_gradients_match_naive_reference() -> None:
+    q, k, v = random_memory(2, 3, 5, 2, 6, 6, seed=11)
+    weight = torch.randn(2, 5, 6, 6, generator=torch.Generator().manual_seed(12))
+    grads = []
+    for fn in (lambda *x: plm_readout(*x, patch_size=4, top_k=2, chunk_size=3)[0],
+               lambda *x: naive_plm(*x, patch_size=4, top_k=2)[0]):
+        inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+        (fn(*inputs) * weight).sum().backward()
+        grads.append([x.grad for x in inputs])
+    for got, expected in zip(*grads):
+        assert got.abs().sum() > 0
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["plm", "dense"])
@@ -201,7 +231,7 @@ def test_matcher_rejects_bad_configuration(kwargs: dict) -> None:
 
 
 class _LargestOutput(TorchDispatchMode):
-    """Records the element count of the largest tensor any aten op produces."""
+    """Records the element count of the largest tensor any aten op produces (views of other tensors excepted)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -209,6 +239,8 @@ class _LargestOutput(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if func.is_view:
+            return out
         for o in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(o, torch.Tensor):
                 self.largest = max(self.largest, o.numel())
@@ -227,6 +259,14 @@ def test_plm_never_builds_the_dense_affinity() -> None:
     assert probe.largest < dense_affinity / 10
 
 
+def test_plm_gathers_selected_pixels_without_unfolding_the_memory_values() -> None:
+    q, k, v = random_memory(1, 8, 32, 3, 48, 48, seed=10)
+    with _LargestOutput() as probe:
+        plm_readout(q, k, v, patch_size=6, top_k=4, chunk_size=8)
+    # overlapping 6×6 patches at stride 3 would hold 4× the memory values; a chunk holds 8*K*P*P*C_v elements
+    assert probe.largest < v.numel()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_plm_readout_under_autocast_matches_fp32(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(3)
@@ -237,3 +277,20 @@ def test_plm_readout_under_autocast_matches_fp32(dtype: torch.dtype) -> None:
         low, _ = plm_readout(q, k, v, 4, 3)
     assert torch.isfinite(low).all()
     torch.testing.assert_close(low.float(), reference, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("mode", ["plm", "dense"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_matcher_under_autocast_matches_fp32(mode: str, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(13)
+    shapes = {16: (6, 6), 8: (12, 12)}
+    queries = {s: torch.randn(1, 8, *shapes[s], generator=g) for s in (16, 8)}
+    keys = {s: torch.randn(1, 8, 2, *shapes[s], generator=g) for s in (16, 8)}
+    values = {s: torch.randn(1, 4, 2, *shapes[s], generator=g) for s in (16, 8)}
+    matcher = PatchMemoryMatcher(mode, patch_size=4, top_k=3)
+    reference = matcher(queries, keys, values)
+    with torch.autocast("cpu", dtype=dtype):
+        low = matcher(queries, keys, values)
+    for s in (16, 8):
+        assert low[s].shape == reference[s].shape and torch.isfinite(low[s]).all()
+        torch.testing.assert_close(low[s].float(), reference[s], atol=0.1, rtol=0.1)

@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import CSTMInputError
+from .dicom import DICOM_DIR, scan_cine_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,12 @@ def list_studies(
         demo_studies: phantom studies to generate into ``demo_dir``.
         demo_seed: seed of the first generated study.
     Returns:
-        dicts with "image" (path), "study" (folder name) and "study_dir", sorted by name.
+        dicts with "image" (the NIfTI file or DICOM folder, see :func:`study_image`), "study" (folder name) and
+        "study_dir", sorted by name.
     Raises:
         CSTMInputError: the folder does not exist or holds no study, the split is empty, or a study's image is not a
-            readable 4D NIfTI (:func:`check_image_file`; checked here because ``LoadImaged`` reads it first).
+            readable 4D NIfTI (:func:`check_image_file`) or one cine DICOM series (:func:`~.dicom.scan_cine_dicom`);
+            checked here because ``LoadImaged`` reads it first and hides the reason.
     """
     root = Path(dataset_dir)
     if demo_dir is not None and not root.exists() and root.resolve() == Path(demo_dir).resolve():
@@ -64,19 +67,32 @@ def list_studies(
         write_phantom_studies(str(root), num_studies=demo_studies, seed=demo_seed)
     if not root.is_dir():
         raise CSTMInputError(root, "dataset folder does not exist", "a folder of study folders or one study folder")
-    folders = [root] if (root / IMAGE_FILE).is_file() else sorted(p for p in root.iterdir() if (p / IMAGE_FILE).is_file())
+    folders = [root] if study_image(root) else sorted(p for p in root.iterdir() if study_image(p))
     if not folders:
         if any((root / name).is_file() for name in STUDY_FILES):
             raise CSTMInputError(root / IMAGE_FILE, "study image not found", "a 4D NIfTI image (H, W, Z, T)")
-        raise CSTMInputError(root, f"no study folder (a folder with {IMAGE_FILE}) found", "at least one study")
+        raise CSTMInputError(root, f"no study folder (a folder with {IMAGE_FILE} or {DICOM_DIR}/) found",
+                             "at least one study")
     if split is not None:
         if split not in ("train", "val") or not 0 <= num_val < len(folders) + (split == "val"):
             raise CSTMInputError(root, f"cannot take split {split!r} with num_val={num_val} from {len(folders)} studies",
                                  "split 'train' or 'val' and 0 <= num_val < number of studies")
         folders = folders[len(folders) - num_val:] if split == "val" else folders[: len(folders) - num_val]
-    for p in folders:
-        check_image_file(p / IMAGE_FILE)
-    return [{"image": str(p / IMAGE_FILE), "study": p.name, "study_dir": str(p)} for p in folders]
+    images = [study_image(p) for p in folders]
+    for image in images:
+        if image.name == IMAGE_FILE:
+            check_image_file(image)
+        else:
+            scan_cine_dicom(image)
+    return [{"image": str(image), "study": p.name, "study_dir": str(p)} for p, image in zip(folders, images)]
+
+
+def study_image(study_dir: str | os.PathLike) -> Path | None:
+    """A study folder's image: ``image.nii.gz``, else the DICOM series folder ``dicom/``; None if it has neither."""
+    for image in (Path(study_dir) / IMAGE_FILE, Path(study_dir) / DICOM_DIR):
+        if image.exists():
+            return image
+    return None
 
 
 def check_image_file(path: str | os.PathLike) -> tuple[int, ...]:

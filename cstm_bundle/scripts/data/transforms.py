@@ -15,7 +15,8 @@ from monai.transforms import MapTransform, Randomizable
 
 from ..errors import CSTMInputError
 from ..io import save_nifti
-from .readers import IMAGE_FILE, base_first_from_affine, read_info, read_label
+from .dicom import DICOM_DIR, scan_cine_dicom
+from .readers import IMAGE_FILE, base_first_from_affine, read_info, read_label, study_image
 from .roi import crop_resize, foreground_center, heart_box
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,15 @@ OUTPUT_FILE = "label_4d.nii.gz"
 
 
 def _image_path(d: Mapping[Hashable, Any]) -> Path:
-    return Path(d["study_dir"]) / IMAGE_FILE
+    return study_image(d["study_dir"]) or Path(d["study_dir"]) / IMAGE_FILE
+
+
+def _source_geometry(path: Path) -> tuple[np.ndarray, nib.Nifti1Header | None]:
+    """The affine of a study image, and its NIfTI header (None for a DICOM series)."""
+    if path.name == DICOM_DIR:
+        return scan_cine_dicom(path).affine, None
+    source = nib.load(str(path))
+    return source.affine, source.header
 
 
 def _labelled_slices(info: dict[str, Any], key: str, label: np.ndarray, study: Path) -> list[int]:
@@ -91,7 +100,7 @@ class LoadStudyd(MapTransform):
             raise CSTMInputError(path, "image contains NaN or Inf values", "finite intensities")
         if arr.min() == arr.max():
             raise CSTMInputError(path, f"image is constant ({arr.min()})", "an image with contrast")
-        affine = nib.load(str(path)).affine
+        affine, _ = _source_geometry(path)
         d["image_spacing"] = torch.as_tensor(np.linalg.norm(affine[:3, :2], axis=0), dtype=torch.float32)  # (2,) mm
         info = read_info(d["study_dir"])
         from_affine = base_first_from_affine(affine)
@@ -274,12 +283,13 @@ class SaveStudyLabeld(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        source = nib.load(str(_image_path(d)))
+        affine, header = _source_geometry(_image_path(d))
         labels = torch.as_tensor(d[self.first_key(d)])[0].cpu().numpy().astype(np.uint8)  # (H, W, Z, T)
-        header = source.header.copy()
-        header.set_data_dtype(np.uint8)
-        header["scl_slope"], header["scl_inter"] = 1, 0
-        path = save_nifti(labels, source.affine, self.output_dir / d["study"] / OUTPUT_FILE, self.overwrite, header)
+        if header is not None:
+            header = header.copy()
+            header.set_data_dtype(np.uint8)
+            header["scl_slope"], header["scl_inter"] = 1, 0
+        path = save_nifti(labels, affine, self.output_dir / d["study"] / OUTPUT_FILE, self.overwrite, header)
         logger.info(f"{d['study']}: 4D label map written to {path}")
         return d
 

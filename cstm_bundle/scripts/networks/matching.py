@@ -106,20 +106,25 @@ def topk_memory_patches(query_key: Tensor, memory_key: Tensor, patch_size: int, 
     return affinity.topk(top_k, dim=2).indices  # (B, N, K)
 
 
-def plm_chunk_size(patch_size: int, top_k: int, key_channels: int, value_channels: int, element_size: int = 4,
-                   chunk_bytes: int = 8 * 2**20) -> int:
+def plm_chunk_size(patch_size: int, top_k: int, key_channels: int, value_channels: int, batch_size: int = 1,
+                   element_size: int = 4, chunk_bytes: int = 8 * 2**20) -> int:
     """Query patches that :func:`plm_readout` reads at once so that one chunk's temporaries fit in ``chunk_bytes``.
 
-    Per query patch (and batch item) a chunk holds the gathered keys (C_k + 1, K*P*P) and values (C_v, K*P*P), the
-    affinity and its softmax (P*P, K*P*P) each, and the readout (P*P, C_v). The bound does not grow with the image, the
-    batch or T, and is what keeps PLMM's peak memory below dense matching's (paper §3.1).
+    Per query patch and batch item a chunk holds the gathered keys (C_k + 1, K*P*P) and values (C_v, K*P*P), the
+    affinity and its softmax (P*P, K*P*P) each, and the readout (P*P, C_v). The bound grows with neither the image nor
+    T, which keeps PLMM's peak memory far below dense matching's (paper §3.1); at 384×384 with the full variant's
+    widths it is 5 query patches at stride 8 and 19 at stride 16.
 
+    Args:
+        patch_size: P; top_k: K; key_channels: C_k; value_channels: C_v; batch_size: B.
+        element_size: bytes per element of the temporaries.
+        chunk_bytes: the budget for one chunk's temporaries, all batch items together.
     Returns:
-        the chunk size, at least 1.
+        the chunk size in query patches, at least 1.
     """
     pp, kpp = patch_size**2, top_k * patch_size**2
     per_patch = ((key_channels + 1 + value_channels) * kpp + 2 * pp * kpp + pp * value_channels) * element_size
-    return max(1, chunk_bytes // per_patch)
+    return max(1, chunk_bytes // (per_patch * batch_size))
 
 
 def plm_readout(
@@ -148,7 +153,7 @@ def plm_readout(
         top_k: K, memory patches kept per query patch, 1 <= K <= T*N (paper: 4).
         topk_idx: (B, N, K) from the stride-16 call, reused at stride 8 (same patch grid, paper §3.2); None computes it.
         chunk_size: query patches read at once (bounds the (B, chunk, K*P*P, C_v) gathered values and the
-            (B, chunk, P*P, K*P*P) affinity); None takes :func:`plm_chunk_size` (16 MiB of temporaries per batch item).
+            (B, chunk, P*P, K*P*P) affinity); None takes :func:`plm_chunk_size` (8 MiB of temporaries).
     Returns:
         readout (B, C_v, H, W) and topk_idx (B, N, K).
     Raises:
@@ -161,11 +166,12 @@ def plm_readout(
     n, pp = pixels.shape
     if topk_idx is None:
         topk_idx = topk_memory_patches(query_key, memory_key, patch_size, top_k)
-    elif topk_idx.ndim != 3 or topk_idx.shape[:2] != (b, n) or int(topk_idx.max()) >= t * n:
+    elif (topk_idx.ndim != 3 or topk_idx.shape[:2] != (b, n)
+          or not 0 <= int(topk_idx.min()) <= int(topk_idx.max()) < t * n):
         raise ValueError(f"topk_idx {tuple(topk_idx.shape)} does not fit {n} query and {t * n} memory patches.")
     kpp = topk_idx.shape[2] * pp
     if chunk_size is None:
-        chunk_size = plm_chunk_size(patch_size, topk_idx.shape[2], ck, cv, query_key.element_size())
+        chunk_size = plm_chunk_size(patch_size, topk_idx.shape[2], ck, cv, b, query_key.element_size())
     elif chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
     q = query_key.flatten(2)  # (B, C_k, H*W)

@@ -1,0 +1,65 @@
+"""Cine DICOM in: 4D order and affine recovered from tags, mixed series refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+from dicom_writer import write_cine_dicom
+from scripts.data import make_phantom_study
+from scripts.data.dicom import CineDicomReader, read_cine_dicom, scan_cine_dicom
+from scripts.errors import CSTMInputError
+
+
+@pytest.fixture(scope="module")
+def study():
+    return make_phantom_study(seed=7, image_size=(40, 48), num_slices=4, num_phases=5)
+
+
+@pytest.mark.parametrize("series_per_slice", [False, True], ids=["one_series", "series_per_slice"])
+def test_volume_and_affine_are_recovered(study, series_per_slice: bool, tmp_path: Path) -> None:
+    write_cine_dicom(study.image, study.affine, tmp_path / "dicom", series_per_slice)
+    volume, affine = read_cine_dicom(tmp_path / "dicom")
+    assert volume.shape == study.image.shape == (40, 48, 4, 5)
+    np.testing.assert_allclose(volume, study.image, atol=study.image.max() / 4000)  # uint16 quantisation
+    np.testing.assert_allclose(affine, study.affine, atol=1e-5)
+
+
+def test_oblique_orientation_round_trips(study, tmp_path: Path) -> None:
+    angle = np.deg2rad(30)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = study.affine.copy()
+    affine[:3, :3] = rotation @ affine[:3, :3]
+    affine[:3, 3] = [10.0, -20.0, 35.0]
+    write_cine_dicom(study.image, affine, tmp_path / "dicom")
+    np.testing.assert_allclose(scan_cine_dicom(tmp_path / "dicom").affine, affine, atol=1e-5)
+
+
+def test_load_imaged_reads_a_series_folder(study, tmp_path: Path) -> None:
+    write_cine_dicom(study.image, study.affine, tmp_path / "dicom")
+    (tmp_path / "dicom" / "README.txt").write_text("not an image")  # skipped
+    d = LoadImaged("image", reader=CineDicomReader(), image_only=True)({"image": str(tmp_path / "dicom")})
+    d = EnsureChannelFirstd("image", channel_dim="no_channel")(d)
+    assert d["image"].shape == (1, 40, 48, 4, 5)
+    np.testing.assert_allclose(d["image"].affine.numpy(), study.affine, atol=1e-5)
+
+
+def test_mixed_series_are_refused(study, tmp_path: Path) -> None:
+    write_cine_dicom(study.image, study.affine, tmp_path / "dicom")
+    localiser = np.zeros((32, 32, 1, 1), np.float32) + 1
+    write_cine_dicom(localiser, np.diag([-2.0, -2.0, 10.0, 1.0]), tmp_path / "dicom" / "loc", description="localizer")
+    with pytest.raises(CSTMInputError, match=r"dicom: mixed series: 2 different .* \(series cine SAX, localizer\)"):
+        scan_cine_dicom(tmp_path / "dicom")
+
+
+def test_unequal_phase_counts_and_empty_folders_are_refused(study, tmp_path: Path) -> None:
+    files = write_cine_dicom(study.image, study.affine, tmp_path / "dicom")
+    files[0].unlink()
+    with pytest.raises(CSTMInputError, match=r"slices have different numbers of phases \(\[4, 5\]\)"):
+        scan_cine_dicom(tmp_path / "dicom")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CSTMInputError, match="empty: no DICOM image found"):
+        scan_cine_dicom(tmp_path / "empty")
