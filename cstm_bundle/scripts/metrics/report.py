@@ -1,0 +1,289 @@
+"""Evaluation of 4D propagation against ED/ES ground truth: per-study CSV, summary JSON, a table like paper Table 1.
+
+:class:`EvaluationReport` sits in an evaluator's postprocessing (it scores every study as it is predicted) and is
+attached as a handler (it writes the files when the run completes). Methods scored side by side:
+
+- ``model``: the evaluator's prediction (the bundle's network, ``matching_mode`` of the config);
+- ``copy_ed``: the ED ground truth copied to every phase (no propagation; the floor). Scored at ES only, since at ED
+  it is the truth itself, and only on slices labelled at both ED and ES;
+- any extra model given in ``models`` (e.g. ``dense``: the same network in dense STCN matching mode, when weights
+  for it exist), run with the evaluator's inferer on the same annotated frame.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Hashable
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.inferers import Inferer
+
+from ..data.readers import read_info
+from ..data.transforms import UNLABELLED
+from ..errors import CSTMInputError
+from ..io import save_json, write_atomic
+from .cardiac import study_affine
+from .segmentation import CLASS_NAMES, METRICS, REGIONS, mean_scores, score_phase
+from .timing import StudyTimer
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+COLUMNS = ("study", "method", "phase", "region", "class", *METRICS, "num_slices", "num_empty", "num_missed")
+PHASES = ("ED", "ES")
+
+
+def check_evaluation_outputs(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Fail before any work when ``metrics.csv`` or ``summary.json`` exists in ``output_dir`` (and not ``overwrite``).
+
+    Raises:
+        CSTMInputError: naming the existing file, or an output folder that cannot be created.
+    """
+    root = Path(output_dir)
+    for name in (METRICS_FILE, SUMMARY_FILE):
+        if (root / name).exists() and not overwrite:
+            raise CSTMInputError(root / name, "output file exists", "a new --output_dir, or --overwrite true")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CSTMInputError(root, f"cannot create the output folder ({e.strerror})", "a writable path") from e
+
+
+def scored_slices(label: np.ndarray, info: Mapping[str, Any], phase: str, phase_index: int,
+                  skip: int | None = None) -> dict[int, list[int]]:
+    """Which slices to score for each class at one phase.
+
+    A slice is scored when its label frame is labelled (not :data:`~scripts.data.UNLABELLED`), the class is in
+    ``info["labels_<phase>"]`` (else ``info["labels"]``, else all of 1, 2, 3) and, if ``info`` has
+    ``annotated_slices_<phase>_<class>`` (e.g. ``annotated_slices_ed_myo``), the slice is listed there.
+
+    Args:
+        label: (H, W, Z, T) ground truth with :data:`UNLABELLED` where there is none.
+        info: the study's info.json.
+        phase: "ed" or "es".
+        phase_index: the phase's t.
+        skip: a slice not to score (the annotated frame's z when it lies at this phase).
+    Returns:
+        class label -> sorted z.
+    """
+    labelled = [z for z in range(label.shape[2]) if (label[:, :, z, phase_index] != UNLABELLED).all() and z != skip]
+    classes = info.get(f"labels_{phase}", info.get("labels", list(CLASS_NAMES)))
+    out = {}
+    for c in classes:
+        listed = info.get(f"annotated_slices_{phase}_{CLASS_NAMES[int(c)].lower()}")
+        zs = [z for z in labelled if listed is None or z in listed]
+        if zs:
+            out[int(c)] = zs
+    return out
+
+
+class EvaluationReport:
+    """Score every study as it is predicted; write ``metrics.csv`` and ``summary.json`` and log the table at the end.
+
+    As a postprocessing callable it reads from the item (after ``LoadStudyd(with_labels=True)``): ``pred`` and
+    ``label`` (1, H, W, Z, T), ``ed``, ``es``, ``annotation_slice``, ``annotation_phase``, ``base_first``,
+    ``study``, ``study_dir``, and for extra models ``image``, ``annotation``, ``image_spacing``.
+
+    Args:
+        output_dir: where ``metrics.csv`` and ``summary.json`` go.
+        overwrite: replace existing files.
+        baselines: non-learned baselines to score beside the model: "copy_ed".
+        models: extra name -> network (e.g. {"dense": ...}), predicted with ``inferer``; see :func:`load_models`.
+        inferer: the evaluator's inferer (needed for ``models``).
+        timer: a :class:`StudyTimer` attached to the same evaluator; its records go into the summary.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, overwrite: bool = False, baselines: Sequence[str] = ("copy_ed",),
+                 models: Mapping[str, torch.nn.Module] | None = None, inferer: Inferer | None = None,
+                 timer: StudyTimer | None = None):
+        unknown = set(baselines) - {"copy_ed"}
+        if unknown:
+            raise CSTMInputError("baselines", f"unknown baselines {sorted(unknown)}", "a subset of ['copy_ed']")
+        if models and inferer is None:
+            raise ValueError("EvaluationReport: extra models need the inferer.")
+        self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
+        self.baselines = tuple(baselines)
+        self.models = dict(models or {})
+        self.inferer = inferer
+        self.timer = timer
+        self.rows: list[dict] = []
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        label = _numpy(d["label"])[0]  # (H, W, Z, T)
+        predictions = {"model": _numpy(d["pred"])[0]}
+        for name, network in self.models.items():
+            predictions[name] = self._predict(network, d)
+        info = read_info(d["study_dir"])
+        spacing = np.linalg.norm(study_affine(d)[:3, :3], axis=0)  # (3,) mm
+        t_a, z_a = int(d["annotation_phase"]), int(d["annotation_slice"])
+        ed, es = int(d["ed"]), int(d["es"])
+        base_first = bool(d["base_first"])
+        for phase, t in (("ED", ed), ("ES", es)):
+            if phase == "ES" and es == ed:
+                continue
+            slices = scored_slices(label, info, phase.lower(), t, z_a if t == t_a else None)
+            if not slices:
+                continue
+            for method, pred in predictions.items():
+                self._add(d["study"], method, phase, score_phase(pred[..., t], label[..., t], slices, spacing, base_first))
+            if "copy_ed" in self.baselines and phase == "ES":
+                ed_labelled = [z for z in range(label.shape[2]) if (label[:, :, z, ed] != UNLABELLED).all()]
+                both = {c: [z for z in zs if z in ed_labelled] for c, zs in slices.items()}
+                both = {c: zs for c, zs in both.items() if zs}
+                if both:
+                    self._add(d["study"], "copy_ed", phase,
+                              score_phase(label[..., ed], label[..., t], both, spacing, base_first))
+        logger.info(f"{d['study']}: scored ({', '.join(predictions)}"
+                    f"{', ' + ', '.join(self.baselines) if self.baselines else ''})")
+        return d
+
+    def _predict(self, network: torch.nn.Module, d: Mapping[Hashable, Any]) -> np.ndarray:
+        device = next(network.parameters()).device
+        image = torch.as_tensor(d["image"])[None].to(device)  # (1, 1, H, W, Z, T)
+        labels = self.inferer(image, network, annotation=torch.as_tensor(d["annotation"])[None].to(device),
+                              annotation_slice=d["annotation_slice"], annotation_phase=d["annotation_phase"],
+                              image_spacing=torch.as_tensor(d["image_spacing"])[None], base_first=d["base_first"])
+        return _numpy(labels)[0, 0]  # (H, W, Z, T)
+
+    def _add(self, study: str, method: str, phase: str, rows: list[dict]) -> None:
+        self.rows.extend({"study": study, "method": method, "phase": phase, **r} for r in rows)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.write())
+
+    def summary(self) -> dict[str, Any]:
+        """Means over studies: method -> phase ("ED", "ES", "all") -> region -> class -> metric (NaN skipped)."""
+        out: dict[str, Any] = {}
+        for method in dict.fromkeys(r["method"] for r in self.rows):
+            out[method] = {}
+            for phase in (*PHASES, "all"):
+                rows = [r for r in self.rows if r["method"] == method and (phase == "all" or r["phase"] == phase)]
+                if not rows:
+                    continue
+                out[method][phase] = {
+                    region: {c: {**mean_scores(sel), "num_frames": len(sel)}
+                             for c in (*CLASS_NAMES.values(), "mean")
+                             if (sel := [r for r in rows if r["region"] == region and r["class"] == c])}
+                    for region in REGIONS}
+        return out
+
+    def write(self) -> dict[str, Any]:
+        """Write ``metrics.csv`` and ``summary.json`` atomically, log their paths and the table; returns the summary."""
+        if not self.rows:
+            raise CSTMInputError(self.output_dir, "no labelled frame to score in any study",
+                                 "studies with label_ed/label_es beyond the annotated frame")
+
+        def write_csv(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, COLUMNS)
+                writer.writeheader()
+                for r in self.rows:
+                    writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+
+        csv_path = write_atomic(self.output_dir / METRICS_FILE, write_csv, self.overwrite)
+        logger.info(f"per-study metrics written to {csv_path}")
+        metrics = self.summary()
+        summary = {
+            "studies": sorted(dict.fromkeys(r["study"] for r in self.rows)),
+            "metrics": metrics,
+            "timing": self.timer.records if self.timer is not None else [],
+            "conventions": {
+                "dice_2d/hd95_2d": "per 2D slice (in-plane spacing), averaged over the region's slices that hold the "
+                                   "class in the prediction or the truth",
+                "dice_3d/hd95_3d": "per volume: the region's scored slices stacked (in-plane and slice spacing)",
+                "hd95": "95th percentile Hausdorff distance in mm (monai.metrics, percentile=95, spacing)",
+                "empty": "both empty: Dice 1, HD95 0, not counted in slice averages; one empty: Dice 0, HD95 = grid "
+                         "diagonal in mm",
+                "regions": "slices ordered base to apex: first ceil(Z/3) basal, last floor(Z/3) apex, rest middle; "
+                           "whole = all",
+                "frames": "every labelled ED/ES slice but the annotated frame; classes not annotated are skipped",
+                "copy_ed": "ED ground truth copied to ES (no propagation); scored at ES only",
+            },
+            "files": {"metrics": str(csv_path)},
+        }
+        json_path = save_json(_finite(summary), self.output_dir / SUMMARY_FILE, self.overwrite)
+        logger.info(f"summary written to {json_path}")
+        for kind, phase in (("2d", "all"), ("2d", "ES"), ("3d", "all")):  # ES: where copy-ED is scored too
+            logger.info("\n" + format_table(metrics, kind, phase))
+        return summary
+
+
+def format_table(metrics: Mapping[str, Any], kind: str = "2d", phase: str = "all") -> str:
+    """The layout of paper Table 1: one block per region, one row per method, Dice and HD95 for LV, Myo, RV, mean.
+
+    Args:
+        metrics: :meth:`EvaluationReport.summary`.
+        kind: "2d" (slice averages, as the paper) or "3d" (per volume).
+        phase: "ED", "ES" or "all".
+    """
+    classes = (*CLASS_NAMES.values(), "mean")
+    width = max([len(m) for m in metrics] + [8])
+    header = (f"{'Method':<{width}} | " + " ".join(f"{c:>6}" for c in classes) + " | "
+              + " ".join(f"{c:>6}" for c in classes))
+    title = (f"{kind.upper()} metrics, phase {phase} (mean over studies): Dice ↑ (LV, Myo, RV, mean) | "
+             f"HD95 mm ↓ (LV, Myo, RV, mean); '-' = not annotated")
+    lines = [title, header, "-" * len(header)]
+    for region in REGIONS:
+        lines.append(f"{'Whole heart' if region == 'whole' else region.capitalize()}")
+        for method, by_phase in metrics.items():
+            scores = by_phase.get(phase, {}).get(region, {})
+            if not scores:
+                continue
+            dice = " ".join(_cell(scores.get(c, {}).get(f"dice_{kind}"), 3) for c in classes)
+            hd = " ".join(_cell(scores.get(c, {}).get(f"hd95_{kind}"), 2) for c in classes)
+            lines.append(f"{method:<{width}} | {dice} | {hd}")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return f"{'-':>6}" if value is None or math.isnan(value) else f"{value:>6.{digits}f}"
+
+
+def _finite(obj: Any) -> Any:
+    """NaN -> None, so the JSON is standard (``null``)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def load_models(networks: Mapping[str, torch.nn.Module], checkpoints: Mapping[str, str | os.PathLike],
+                device: torch.device | str = "cpu") -> dict[str, torch.nn.Module]:
+    """Extra models for :class:`EvaluationReport`: each network whose checkpoint file exists, loaded and in eval mode;
+    the others are skipped with a log line (e.g. no dense-matching weights shipped).
+
+    Raises:
+        CSTMInputError: a checkpoint that exists but cannot be loaded into its network.
+    """
+    out = {}
+    for name, network in networks.items():
+        path = Path(checkpoints[name]) if checkpoints.get(name) else None
+        if path is None or not path.is_file():
+            logger.info(f"baseline {name!r} skipped: no weights at {path}")
+            continue
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            network.load_state_dict(state.get("model", state))
+        except Exception as e:
+            raise CSTMInputError(path, f"cannot load the {name!r} weights ({type(e).__name__})",
+                                 "a checkpoint of the same architecture") from e
+        out[name] = network.to(device).eval()
+        logger.info(f"baseline {name!r}: weights {path}")
+    return out

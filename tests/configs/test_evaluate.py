@@ -1,0 +1,81 @@
+"""evaluate.json and the clinical outputs of inference.json, end to end through ``python -m monai.bundle run``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import SHARED_DATA, run_bundle
+
+pytestmark = pytest.mark.slow
+
+SUNNYBROOK = SHARED_DATA / "sunnybrook" / "SCD0000101"
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_on_phantom_studies(phantom_studies: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = run_bundle("evaluate", "evaluate.json", "--dataset_dir", str(phantom_studies), "--output_dir", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = read_rows(out / "metrics.csv")
+    studies = sorted(p.name for p in phantom_studies.iterdir() if p.is_dir())
+    model = [r for r in rows if r["method"] == "model"]
+    # one row per study × phase × region × class (LV, Myo, RV, mean)
+    assert len(model) == len(studies) * 2 * 4 * 4
+    assert {(r["phase"], r["region"], r["class"]) for r in model} == {
+        (p, g, c) for p in ("ED", "ES") for g in ("basal", "middle", "apex", "whole") for c in ("LV", "Myo", "RV", "mean")}
+    assert {r["phase"] for r in rows if r["method"] == "copy_ed"} == {"ES"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["studies"] == studies
+    whole = summary["metrics"]["model"]["all"]["whole"]["mean"]
+    floor = summary["metrics"]["copy_ed"]["ES"]["whole"]["mean"]
+    assert summary["metrics"]["model"]["ES"]["whole"]["mean"]["dice_2d"] > floor["dice_2d"] + 0.1
+    assert 0 <= whole["hd95_2d"] < 50 and whole["dice_3d"] > 0.8
+    assert [t["study"] for t in summary["timing"]] == studies and all(t["fps"] > 0 for t in summary["timing"])
+    assert str(out / "metrics.csv") in result.stdout and str(out / "summary.json") in result.stdout
+    assert "Whole heart" in result.stdout and "frames/s" in result.stdout
+
+    again = run_bundle("evaluate", "evaluate.json", "--dataset_dir", str(phantom_studies), "--output_dir", str(out))
+    assert again.returncode != 0
+    assert "metrics.csv: output file exists" in again.stdout + again.stderr
+
+
+@pytest.mark.skipif(not SUNNYBROOK.is_dir(), reason="../shared/data/sunnybrook absent")
+def test_evaluate_on_sunnybrook_scores_only_annotated_classes(tmp_path: Path) -> None:
+    result = run_bundle("evaluate", "evaluate.json", "--dataset_dir", str(SUNNYBROOK), "--output_dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = read_rows(tmp_path / "metrics.csv")
+    classes = {(r["phase"], r["class"]) for r in rows}
+    assert ("ED", "LV") in classes and ("ES", "LV") in classes and ("ED", "Myo") in classes
+    assert not any(r["class"] == "RV" for r in rows)  # RV not annotated: no row, not a 0
+    assert ("ES", "Myo") not in classes  # no myocardium at ES in Sunnybrook
+    assert all(r["dice_2d"] != "nan" for r in rows if r["class"] == "LV")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "RV" not in summary["metrics"]["model"]["all"]["whole"]
+
+
+def test_inference_writes_clinical_outputs(phantom_studies: Path, tmp_path: Path) -> None:
+    study = sorted(p for p in phantom_studies.iterdir() if p.is_dir())[0]
+    out = tmp_path / "out"
+    result = run_bundle("inference", "inference.json", "--dataset_dir", str(study), "--output_dir", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    folder = out / study.name
+    for name in ("label_4d.nii.gz", "volumes.csv", "cardiac_function.json", "volume_curve.png", "montage.png",
+                 "middle_slice.gif"):
+        assert (folder / name).is_file(), name
+        assert str(folder / name) in result.stdout  # the user is told where it went
+    function = json.loads((folder / "cardiac_function.json").read_text())
+    truth_ef = json.loads((study / "info.json").read_text())
+    assert function["ed_phase"] == truth_ef["ed"] and function["es_phase"] == truth_ef["es"]
+    assert 20 < function["lv"]["ef_percent"] < 90 and function["lv_mass_g"] > 0
+    assert len(read_rows(folder / "volumes.csv")) == len(function["volumes_ml"]["lv"])
+    assert Image.open(folder / "middle_slice.gif").n_frames == len(function["volumes_ml"]["lv"])
+    assert "frames/s" in result.stdout and "EF" in result.stdout
