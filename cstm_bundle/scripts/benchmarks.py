@@ -156,13 +156,18 @@ def _in_subprocess(fn: str, *args: object) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _items(value: object) -> list[str]:
+    """A comma-separated command-line list: fire passes ``240,384`` as a tuple, ``small,full`` as a string."""
+    return [str(v) for v in value] if isinstance(value, (tuple, list)) else str(value).split(",")
+
+
 def inference(sizes: str = "240,384", variants: str = "small,full", device: str = "cpu", amp: bool = False,
               serial: bool = True) -> None:
     """Print whole-study frames/s and peak memory of the 4D propagation (12 slices × 30 phases), batched (all frames
     whose memory is ready in one call) vs frame by frame (``max_batch=1``, the paper's serial order)."""
     rows = []
-    for variant in str(variants).split(","):
-        for size in map(int, str(sizes).split(",")):
+    for variant in _items(variants):
+        for size in map(int, _items(sizes)):
             batched = _in_subprocess("inference_case", variant, size, 64, device, amp)
             line = f"| {variant} | {size} | {batched['fps']:.1f} | {batched['peak_mib']:.0f} |"
             if serial:
