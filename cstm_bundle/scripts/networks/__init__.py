@@ -10,9 +10,10 @@ Paper "scale 4" is stride 16 and "scale 3" is stride 8; names here carry the str
 """
 
 from .cstm import CSTM, VARIANTS, KeyFeatures, Memory, ValueFeatures, build_cstm, stack_memory
+from .export import PropagationStep
 from .matching import PatchMemoryMatcher, dense_readout, plm_readout
 
 __all__ = [
-    "CSTM", "VARIANTS", "KeyFeatures", "Memory", "PatchMemoryMatcher", "ValueFeatures", "build_cstm", "dense_readout",
-    "plm_readout", "stack_memory",
+    "CSTM", "VARIANTS", "KeyFeatures", "Memory", "PatchMemoryMatcher", "PropagationStep", "ValueFeatures", "build_cstm",
+    "dense_readout", "plm_readout", "stack_memory",
 ]
