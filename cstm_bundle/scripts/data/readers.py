@@ -38,6 +38,9 @@ def list_studies(
     demo_dir: str | os.PathLike | None = None,
     demo_studies: int = 4,
     demo_seed: int = 0,
+    dataset_layout: str = "study",
+    layout_dir: str | os.PathLike | None = None,
+    info_csv: str | os.PathLike | None = None,
 ) -> list[dict[str, str]]:
     """Find the study folders under ``dataset_dir`` (or ``dataset_dir`` itself if it is one study).
 
@@ -51,6 +54,10 @@ def list_studies(
         demo_dir: the bundle's phantom demo folder.
         demo_studies: phantom studies to generate into ``demo_dir``.
         demo_seed: seed of the first generated study.
+        dataset_layout: "study" (this layout), or "acdc", "mnms", "datalist": ``dataset_dir`` is then first converted
+            into study folders under ``layout_dir`` (:func:`~.layouts.convert_layout`), which are listed.
+        layout_dir: where a dataset in another layout is converted to; required unless ``dataset_layout="study"``.
+        info_csv: M&Ms info CSV (None: looked for next to the dataset).
     Returns:
         dicts with "image" (the NIfTI file or DICOM folder, see :func:`study_image`), "study" (folder name) and
         "study_dir", sorted by name.
@@ -59,6 +66,15 @@ def list_studies(
             readable 4D NIfTI (:func:`check_image_file`) or one cine DICOM series (:func:`~.dicom.scan_cine_dicom`);
             checked here because ``LoadImaged`` reads it first and hides the reason.
     """
+    if dataset_layout != "study":
+        from .layouts import LAYOUTS, convert_layout
+
+        if dataset_layout not in LAYOUTS:
+            raise CSTMInputError(f"dataset_layout={dataset_layout!r}", "unknown dataset layout", f"one of {LAYOUTS}")
+        if layout_dir is None:
+            raise CSTMInputError(f"dataset_layout={dataset_layout!r}", "no layout_dir to convert the studies into",
+                                 "a writable folder (--layout_dir)")
+        dataset_dir = convert_layout(dataset_dir, dataset_layout, layout_dir, info_csv)  # type: ignore[arg-type]
     root = Path(dataset_dir)
     if demo_dir is not None and not root.exists() and root.resolve() == Path(demo_dir).resolve():
         from .phantom import write_phantom_studies

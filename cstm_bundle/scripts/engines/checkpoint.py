@@ -87,16 +87,18 @@ class ResumableCheckpoint:
         save_dict: name -> object with ``state_dict`` / ``load_state_dict``; must hold ``"model"`` and the trainer.
         evaluator: the validation engine whose ``best_metric`` decides ``model.pt``; None saves no ``model.pt``.
         resume: restore ``checkpoint_last.pt`` if there is one (``--resume true``).
+        save: write the checkpoints; False on all but one process of a multi-GPU run (every process still resumes).
     """
 
     def __init__(self, output_dir: str | os.PathLike, save_dict: dict[str, Any], evaluator: Any = None,
-                 resume: bool = False):
+                 resume: bool = False, save: bool = True):
         if "model" not in save_dict:
             raise ValueError(f"save_dict must hold 'model', got keys {sorted(save_dict)}.")
         self.output_dir = Path(output_dir)
         self.save_dict = save_dict
         self.evaluator = evaluator
         self.resume = resume
+        self.save = save
         self.last_path = self.output_dir / LAST_CHECKPOINT
         self.best_path = self.output_dir / BEST_MODEL
 
@@ -104,6 +106,8 @@ class ResumableCheckpoint:
         """Restore at ``STARTED`` (when resuming), save ``checkpoint_last.pt`` at every ``EPOCH_COMPLETED``."""
         if self.resume and self.last_path.exists():
             trainer.add_event_handler(Events.STARTED, self.load)
+        if not self.save:
+            return
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.save_last)
         if self.evaluator is not None:
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_best)

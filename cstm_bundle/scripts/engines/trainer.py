@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from monai.engines import IterationEvents, SupervisedTrainer
 from monai.utils import CommonKeys
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..networks.cstm import CSTM, stack_memory
 
@@ -34,11 +34,32 @@ def propagate_triplet(network: CSTM, frames: Tensor, first_mask: Tensor) -> tupl
     return logits2, logits3
 
 
+class TripletStep(nn.Module):
+    """:func:`propagate_triplet` as a module's ``forward(frames, first_mask)``, so that ``DistributedDataParallel`` can
+    wrap one training step (DDP averages gradients only for what runs through its ``forward``; ``CSTM`` exposes named
+    methods instead). Holds no parameters of its own: its state dict is the network's with a ``network.`` prefix, and
+    the checkpoints keep saving the plain network (``multi_gpu_train.json``).
+
+    Args:
+        network: the CSTM network.
+    """
+
+    def __init__(self, network: CSTM):
+        super().__init__()
+        self.network = network
+
+    def forward(self, frames: Tensor, first_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """See :func:`propagate_triplet`: frames (B, 3, 1, H, W), first_mask (B, H, W) -> two (B, O, H, W) logits."""
+        return propagate_triplet(self.network, frames, first_mask)
+
+
 class CSTMTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` whose iteration runs :func:`propagate_triplet` on batches of ``frames`` (B, 3, H, W) and
     ``masks`` (B, 3, H, W), with ``loss_function(logits, target, iteration)`` summed over frames 2 and 3.
 
     Frame 1 must be fully labelled: samples whose first mask holds unlabelled pixels are an input error upstream.
+    ``network`` is a ``CSTM``, or a module whose ``forward(frames, first_mask)`` runs the step (:class:`TripletStep`,
+    e.g. wrapped in ``DistributedDataParallel`` for several GPUs).
     """
 
     def _iteration(self, engine: Any, batchdata: dict[str, Tensor]) -> dict:
@@ -48,7 +69,10 @@ class CSTMTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with torch.autocast(device.type, enabled=engine.amp):
-            logits2, logits3 = propagate_triplet(engine.network, frames, masks[:, 0])
+            if isinstance(engine.network, CSTM):
+                logits2, logits3 = propagate_triplet(engine.network, frames, masks[:, 0])
+            else:  # TripletStep, possibly in DistributedDataParallel
+                logits2, logits3 = engine.network(frames, masks[:, 0])
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             it = engine.state.iteration
             loss = engine.loss_function(logits2, masks[:, 1], it) + engine.loss_function(logits3, masks[:, 2], it)
