@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import CSTMInputError
 from ..io import save_json, save_nifti
+from .readers import IMAGE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def convert_layout(dataset_dir: str | os.PathLike, dataset_layout: Literal["acdc
 
 def _write_study(folder: Path, study: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    _link(study["image"], folder / "image.nii.gz")
+    _link(study["image"], folder / IMAGE_FILE)
     for name in ("label_ed", "label_es", "annotation"):
         target = folder / f"{name}.nii.gz"
         if name not in study:

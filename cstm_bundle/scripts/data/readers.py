@@ -67,10 +67,8 @@ def list_studies(
             checked here because ``LoadImaged`` reads it first and hides the reason.
     """
     if dataset_layout != "study":
-        from .layouts import LAYOUTS, convert_layout
+        from .layouts import convert_layout
 
-        if dataset_layout not in LAYOUTS:
-            raise CSTMInputError(f"dataset_layout={dataset_layout!r}", "unknown dataset layout", f"one of {LAYOUTS}")
         if layout_dir is None:
             raise CSTMInputError(f"dataset_layout={dataset_layout!r}", "no layout_dir to convert the studies into",
                                  "a writable folder (--layout_dir)")
@@ -109,6 +107,16 @@ def study_image(study_dir: str | os.PathLike) -> Path | None:
         if image.exists():
             return image
     return None
+
+
+def image_geometry(path: str | os.PathLike) -> tuple[np.ndarray, nib.Nifti1Header | None]:
+    """The voxel-to-world affine of a study image (:func:`study_image`), and its NIfTI header (None for a DICOM
+    series, whose affine comes from :func:`~.dicom.scan_cine_dicom`)."""
+    path = Path(path)
+    if path.name == DICOM_DIR:
+        return scan_cine_dicom(path).affine, None
+    source = nib.load(str(path))
+    return source.affine, source.header
 
 
 def check_image_file(path: str | os.PathLike) -> tuple[int, ...]:

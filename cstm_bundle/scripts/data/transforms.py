@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any, Hashable, Mapping
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -15,8 +14,7 @@ from monai.transforms import MapTransform, Randomizable
 
 from ..errors import CSTMInputError
 from ..io import save_nifti
-from .dicom import DICOM_DIR, scan_cine_dicom
-from .readers import IMAGE_FILE, base_first_from_affine, read_info, read_label, study_image
+from .readers import IMAGE_FILE, base_first_from_affine, image_geometry, read_info, read_label, study_image
 from .roi import crop_resize, foreground_center, heart_box
 
 logger = logging.getLogger(__name__)
@@ -29,14 +27,6 @@ OUTPUT_FILE = "label_4d.nii.gz"
 
 def _image_path(d: Mapping[Hashable, Any]) -> Path:
     return study_image(d["study_dir"]) or Path(d["study_dir"]) / IMAGE_FILE
-
-
-def _source_geometry(path: Path) -> tuple[np.ndarray, nib.Nifti1Header | None]:
-    """The affine of a study image, and its NIfTI header (None for a DICOM series)."""
-    if path.name == DICOM_DIR:
-        return scan_cine_dicom(path).affine, None
-    source = nib.load(str(path))
-    return source.affine, source.header
 
 
 def _labelled_slices(info: dict[str, Any], key: str, label: np.ndarray, study: Path) -> list[int]:
@@ -100,7 +90,7 @@ class LoadStudyd(MapTransform):
             raise CSTMInputError(path, "image contains NaN or Inf values", "finite intensities")
         if arr.min() == arr.max():
             raise CSTMInputError(path, f"image is constant ({arr.min()})", "an image with contrast")
-        affine, _ = _source_geometry(path)
+        affine, _ = image_geometry(path)
         d["image_spacing"] = torch.as_tensor(np.linalg.norm(affine[:3, :2], axis=0), dtype=torch.float32)  # (2,) mm
         info = read_info(d["study_dir"])
         from_affine = base_first_from_affine(affine)
@@ -283,7 +273,7 @@ class SaveStudyLabeld(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        affine, header = _source_geometry(_image_path(d))
+        affine, header = image_geometry(_image_path(d))
         labels = torch.as_tensor(d[self.first_key(d)])[0].cpu().numpy().astype(np.uint8)  # (H, W, Z, T)
         if header is not None:
             header = header.copy()
@@ -295,14 +285,16 @@ class SaveStudyLabeld(MapTransform):
 
 
 def check_outputs(studies: list[dict[str, str]], output_dir: str | os.PathLike, overwrite: bool = False) -> None:
-    """Fail before any work if an output already exists (and ``overwrite`` is off) or the folder is not writable."""
+    """Fail before any work if a study's output folder already holds a file (and ``overwrite`` is off): the label map
+    or any of the files written beside it (the clinical outputs), or if the output folder is not writable."""
     root = Path(output_dir)
     if root.exists() and not root.is_dir():
         raise CSTMInputError(root, "output folder is a file", "a folder (--output_dir)")
-    for s in studies:
-        path = root / s["study"] / OUTPUT_FILE
-        if path.exists() and not overwrite:
-            raise CSTMInputError(path, "output file exists", "a new --output_dir, or --overwrite true")
+    for s in studies if not overwrite else ():
+        folder = root / s["study"]
+        existing = sorted(folder.iterdir(), key=lambda p: (p.name != OUTPUT_FILE, p.name)) if folder.is_dir() else []
+        if existing:
+            raise CSTMInputError(existing[0], "output file exists", "a new --output_dir, or --overwrite true")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:

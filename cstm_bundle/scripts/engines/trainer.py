@@ -58,8 +58,8 @@ class CSTMTrainer(SupervisedTrainer):
     ``masks`` (B, 3, H, W), with ``loss_function(logits, target, iteration)`` summed over frames 2 and 3.
 
     Frame 1 must be fully labelled: samples whose first mask holds unlabelled pixels are an input error upstream.
-    ``network`` is a ``CSTM``, or a module whose ``forward(frames, first_mask)`` runs the step (:class:`TripletStep`,
-    e.g. wrapped in ``DistributedDataParallel`` for several GPUs).
+    ``network`` is a module whose ``forward(frames, first_mask)`` runs the step: :class:`TripletStep`, wrapped in
+    ``DistributedDataParallel`` for several GPUs (``multi_gpu_train.json``).
     """
 
     def _iteration(self, engine: Any, batchdata: dict[str, Tensor]) -> dict:
@@ -69,10 +69,7 @@ class CSTMTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with torch.autocast(device.type, enabled=engine.amp):
-            if isinstance(engine.network, CSTM):
-                logits2, logits3 = propagate_triplet(engine.network, frames, masks[:, 0])
-            else:  # TripletStep, possibly in DistributedDataParallel
-                logits2, logits3 = engine.network(frames, masks[:, 0])
+            logits2, logits3 = engine.network(frames, masks[:, 0])
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             it = engine.state.iteration
             loss = engine.loss_function(logits2, masks[:, 1], it) + engine.loss_function(logits3, masks[:, 2], it)

@@ -15,13 +15,12 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from ..data.readers import IMAGE_FILE, read_info
+from ..data.readers import image_geometry, read_info, study_image
 from ..io import save_json, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -39,15 +38,15 @@ def voxel_volume_ml(affine: np.ndarray) -> float:
 
 
 def study_affine(data: Mapping[Hashable, Any], image_key: str = "image") -> np.ndarray:
-    """The (4, 4) spatial affine of a study item: the loaded image's (a MONAI ``MetaTensor``), else its NIfTI header's.
+    """The (4, 4) spatial affine of a study item: the loaded image's (a MONAI ``MetaTensor``), else its file's.
 
     Only voxel sizes are read from it (|det|, column norms), which do not depend on the LPS/RAS convention.
     """
     image = data.get(image_key)
     affine = getattr(image, "affine", None)
     if affine is not None and tuple(affine.shape) == (4, 4):
-        return _numpy(affine).astype(float)
-    return nib.load(str(Path(data["study_dir"]) / IMAGE_FILE)).affine
+        return to_numpy(affine).astype(float)
+    return image_geometry(study_image(data["study_dir"]))[0]
 
 
 def phase_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, np.ndarray]:
@@ -121,7 +120,7 @@ class CardiacOutputsd(MapTransform):
         d = dict(data)
         if not self.enabled:
             return d
-        labels = _numpy(d[self.first_key(d)])[0]  # (H, W, Z, T)
+        labels = to_numpy(d[self.first_key(d)])[0]  # (H, W, Z, T)
         study_dir = Path(d["study_dir"])
         voxel_ml = voxel_volume_ml(study_affine(d, self.image_key))
         info = read_info(study_dir) if self.phases == "info" else {}
@@ -134,7 +133,7 @@ class CardiacOutputsd(MapTransform):
         if self.pictures:
             from .pictures import write_pictures
 
-            written += write_pictures(_numpy(d[self.image_key])[0], labels, result, folder, self.overwrite)
+            written += write_pictures(to_numpy(d[self.image_key])[0], labels, result, folder, self.overwrite)
         lv, rv = result["lv"], result["rv"]
         logger.info(f"{d['study']}: LV EDV {lv['edv_ml']:.1f} mL, ESV {lv['esv_ml']:.1f} mL, EF {_pct(lv['ef_percent'])}; "
                     f"RV EDV {rv['edv_ml']:.1f} mL, ESV {rv['esv_ml']:.1f} mL, EF {_pct(rv['ef_percent'])}; "
@@ -160,5 +159,6 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} %"
 
 
-def _numpy(x: Any) -> np.ndarray:
+def to_numpy(x: Any) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -27,9 +27,10 @@ from monai.inferers import Inferer
 
 from ..data.readers import read_info
 from ..data.transforms import UNLABELLED
+from ..engines.checkpoint import CheckedCheckpointLoader
 from ..errors import CSTMInputError
 from ..io import save_json, write_atomic
-from .cardiac import study_affine
+from .cardiac import study_affine, to_numpy
 from .segmentation import CLASS_NAMES, METRICS, REGIONS, mean_scores, score_phase
 from .timing import StudyTimer
 
@@ -119,8 +120,8 @@ class EvaluationReport:
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        label = _numpy(d["label"])[0]  # (H, W, Z, T)
-        predictions = {"model": _numpy(d["pred"])[0]}
+        label = to_numpy(d["label"])[0]  # (H, W, Z, T)
+        predictions = {"model": to_numpy(d["pred"])[0]}
         for name, network in self.models.items():
             predictions[name] = self._predict(network, d)
         info = read_info(d["study_dir"])
@@ -153,7 +154,7 @@ class EvaluationReport:
         labels = self.inferer(image, network, annotation=torch.as_tensor(d["annotation"])[None].to(device),
                               annotation_slice=d["annotation_slice"], annotation_phase=d["annotation_phase"],
                               image_spacing=torch.as_tensor(d["image_spacing"])[None], base_first=d["base_first"])
-        return _numpy(labels)[0, 0]  # (H, W, Z, T)
+        return to_numpy(labels)[0, 0]  # (H, W, Z, T)
 
     def _add(self, study: str, method: str, phase: str, rows: list[dict]) -> None:
         self.rows.extend({"study": study, "method": method, "phase": phase, **r} for r in rows)
@@ -260,10 +261,6 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
 def load_models(networks: Mapping[str, torch.nn.Module], checkpoints: Mapping[str, str | os.PathLike],
                 device: torch.device | str = "cpu") -> dict[str, torch.nn.Module]:
     """Extra models for :class:`EvaluationReport`: each network whose checkpoint file exists, loaded and in eval mode;
@@ -278,10 +275,10 @@ def load_models(networks: Mapping[str, torch.nn.Module], checkpoints: Mapping[st
         if path is None or not path.is_file():
             logger.info(f"baseline {name!r} skipped: no weights at {path}")
             continue
+        state = CheckedCheckpointLoader.read(path)
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
             network.load_state_dict(state.get("model", state))
-        except Exception as e:
+        except RuntimeError as e:
             raise CSTMInputError(path, f"cannot load the {name!r} weights ({type(e).__name__})",
                                  "a checkpoint of the same architecture") from e
         out[name] = network.to(device).eval()
