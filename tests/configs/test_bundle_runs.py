@@ -11,24 +11,30 @@ import pytest
 import torch
 
 from dicom_writer import write_cine_dicom
-from helpers import SHARED_DATA, run_bundle
+from helpers import BUNDLE, SHARED_DATA, run_bundle
+from scripts.data import write_phantom_studies
 
 pytestmark = pytest.mark.slow
 
 
 def test_training_runs_and_checkpoints(tmp_path: Path) -> None:
-    out = tmp_path / "train"
+    out, extra = tmp_path / "train", tmp_path / "extra"
+    write_phantom_studies(str(extra), num_studies=1, seed=6100, image_size=(96, 96), num_slices=5, num_phases=6)
     result = run_bundle(
         "training", "train.json",
         "--demo_dir", str(tmp_path / "phantom"), "--demo_studies", "3", "--num_val", "1", "--max_epochs", "2",
         "--val_interval", "2", "--samples_per_study", "2", "--num_workers", "0", "--output_dir", str(out),
+        "--extra_train_datasets", f"[{{'dataset_dir': '{extra}', 'weight': 0.5}}]", "--grad_clip_norm", "1.0",
+        "--init_checkpoint", str(BUNDLE / "models" / "model_phantom.pt"),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "initial weights from" in result.stdout + result.stderr
     assert "val_mean_dice" in result.stdout
+    assert all(f"val_dice_{phase}_{c}" in result.stdout for phase in ("ed", "es") for c in ("lv", "myo", "rv"))
     assert "train_loss:" in result.stdout  # per-iteration loss is logged
     last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert set(last) == {"model", "optimizer", "trainer", "best"}
-    assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] == 2 * 2  # 2 epochs of 2 training studies
+    assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] == 2 * 3  # 2 epochs, 2 + 1 studies
     best = torch.load(out / "model.pt", map_location="cpu")
     assert any(k.startswith("key_encoder.") for k in best)
 

@@ -5,14 +5,13 @@
   ``initialize()`` / ``run()`` / ``finalize()`` on a tiny phantom;
 - ``python -m monai.bundle verify_net_in_out network_def`` from the bundle folder with ``--bundle_root .``;
 - ``python -m monai.bundle ckpt_export`` (traced: ``torch.jit.script`` cannot compile the network);
-- ``python -m monai.bundle verify_metadata`` against the zoo's schema when ``tests/data/meta_schema_20240725.json`` is
-  present (it is not shipped yet: its text could not be fetched here; it needs ``jsonschema`` too), and the fields the
-  zoo's CI checks besides the schema.
+- ``python -m monai.bundle verify_metadata`` against ``tests/data/bundle_metadata_schema.json``: the zoo's schema
+  (``meta_schema_20240725``) cannot be downloaded in CI, so its rules (required keys, the description of network
+  inputs and outputs) are written out there; and the fields the zoo's CI checks besides the schema.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,7 +26,7 @@ from monai.bundle import ConfigWorkflow
 
 from helpers import BUNDLE, CONFIGS, REPO
 
-SCHEMA = REPO / "tests" / "data" / "meta_schema_20240725.json"
+SCHEMA = REPO / "tests" / "data" / "bundle_metadata_schema.json"
 
 
 def _workflow(config: str, workflow_type: str, **override) -> ConfigWorkflow:
@@ -132,15 +131,20 @@ def test_verify_net_in_out() -> None:
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 
 
-@pytest.mark.skipif(not SCHEMA.is_file() or importlib.util.find_spec("jsonschema") is None,
-                    reason="tests/data/meta_schema_20240725.json or the jsonschema package absent")
 def test_verify_metadata_offline(tmp_path: Path) -> None:
-    """``--filepath`` names the shipped schema, so ``verify_metadata`` downloads nothing (metadata.json has its URL)."""
+    """``--filepath`` names an existing schema file, so ``verify_metadata`` downloads nothing; a metadata file without
+    a required key fails the same check."""
     meta = json.loads((CONFIGS / "metadata.json").read_text())
-    assert meta["schema"].endswith("/" + SCHEMA.name)
+    assert meta["schema"].endswith("/meta_schema_20240725.json")
     result = _bundle_cli("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMA))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
+
+    broken = tmp_path / "metadata.json"
+    broken.write_text(json.dumps({k: v for k, v in meta.items() if k != "optional_packages_version"}))
+    result = _bundle_cli("verify_metadata", "--meta_file", str(broken), "--filepath", str(SCHEMA))
+    assert result.returncode != 0
+    assert "optional_packages_version" in result.stdout + result.stderr
 
 
 def test_ckpt_export_traced_torchscript(tmp_path: Path) -> None:

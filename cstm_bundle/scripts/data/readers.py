@@ -101,6 +101,57 @@ def list_studies(
     return [{"image": str(image), "study": p.name, "study_dir": str(p)} for p, image in zip(folders, images)]
 
 
+def mix_datalists(
+    datalist: list[dict[str, Any]],
+    extra_datasets: list[dict[str, Any]] | None = None,
+    weight: float = 1.0,
+    layout_dir: str | os.PathLike | None = None,
+    demo_dir: str | os.PathLike | None = None,
+    demo_studies: int = 4,
+) -> list[dict[str, Any]]:
+    """Training studies from several datasets, each item with the ``sample_weight`` that makes a weighted sampler
+    (:func:`sample_weights`) draw each dataset with probability proportional to its weight, whatever its size.
+
+    Args:
+        datalist: the main dataset's training studies (:func:`list_studies`, ``split="train"``).
+        extra_datasets: more training datasets (``--extra_train_datasets``), all of whose studies are used: dicts with
+            "dataset_dir", optional "weight" (1.0), "dataset_layout" ("study") and "info_csv".
+        weight: the main dataset's weight (``--dataset_weight``).
+        layout_dir: where datasets in another layout are converted (one subfolder each).
+        demo_dir, demo_studies: as :func:`list_studies` (an extra dataset may be the phantom demo folder).
+    Returns:
+        the studies of all datasets, each dict with "sample_weight" = dataset weight / number of its studies.
+    Raises:
+        CSTMInputError: an extra dataset without "dataset_dir", an unknown key, or a negative weight.
+    """
+    sources = [(datalist, weight, "dataset_weight")]
+    allowed = {"dataset_dir", "weight", "dataset_layout", "info_csv"}
+    for i, extra in enumerate(extra_datasets or []):
+        where = f"extra_train_datasets[{i}]"
+        if not isinstance(extra, dict) or "dataset_dir" not in extra or set(extra) - allowed:
+            raise CSTMInputError(where, f"is {extra!r}",
+                                 f"a dict with 'dataset_dir' and optional {sorted(allowed - {'dataset_dir'})}")
+        layout = extra.get("dataset_layout", "study")
+        studies = list_studies(extra["dataset_dir"], dataset_layout=layout, info_csv=extra.get("info_csv"),
+                               layout_dir=None if layout_dir is None else Path(layout_dir) / f"extra{i}",
+                               demo_dir=demo_dir, demo_studies=demo_studies)
+        sources.append((studies, extra.get("weight", 1.0), where))
+    mixed = []
+    for studies, w, where in sources:
+        if not isinstance(w, (int, float)) or w < 0:
+            raise CSTMInputError(where, f"weight is {w!r}", "a number >= 0")
+        mixed += [{**s, "sample_weight": float(w) / len(studies)} for s in studies]
+        if len(sources) > 1:
+            logger.info(f"training data: {len(studies)} studies from {studies[0]['study_dir'].rsplit(os.sep, 1)[0]} "
+                        f"at weight {w}")
+    return mixed
+
+
+def sample_weights(datalist: list[dict[str, Any]]) -> list[float]:
+    """The ``sample_weight`` of each study (:func:`mix_datalists`), for ``WeightedRandomSampler``."""
+    return [s["sample_weight"] for s in datalist]
+
+
 def study_image(study_dir: str | os.PathLike) -> Path | None:
     """A study folder's image: ``image.nii.gz``, else the DICOM series folder ``dicom/``; None if it has neither."""
     for image in (Path(study_dir) / IMAGE_FILE, Path(study_dir) / DICOM_DIR):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
+from scipy.ndimage import distance_transform_edt
 
 from ..errors import CSTMInputError
 from ..io import save_nifti
@@ -67,16 +68,24 @@ class LoadStudyd(MapTransform):
     - with ``with_labels``: ``label`` (1, H, W, Z, T) uint8 holding ``label_ed``/``label_es`` on their annotated slices
       and :data:`UNLABELLED` everywhere else; ``ed``, ``es``.
 
+    Partial labels: ``info["labels_ed"]`` / ``info["labels_es"]`` (else ``info["labels"]``, else all of 1, 2, 3) list
+    the classes drawn at that phase. Where a phase lacks a class that the other phase has (Sunnybrook: no myocardium
+    at ES), its background pixels within ``partial_margin_mm`` of the drawn structures may belong to the missing
+    class: they become :data:`UNLABELLED`, out of the loss, instead of background. A class drawn at no phase (RV in
+    Sunnybrook) is absent from the annotation too, so propagation must not produce it: it stays background.
+
     Args:
         keys: the image key.
         with_labels: also load the ED/ES labels (training, validation, evaluation).
+        partial_margin_mm: width of the unlabelled band around the drawn structures of a partially labelled phase.
     Raises:
         CSTMInputError: wrong dimensionality, NaN/Inf or constant image, missing or empty annotation, bad label files.
     """
 
-    def __init__(self, keys: KeysCollection = "image", with_labels: bool = False):
+    def __init__(self, keys: KeysCollection = "image", with_labels: bool = False, partial_margin_mm: float = 20.0):
         super().__init__(keys)
         self.with_labels = with_labels
+        self.partial_margin_mm = partial_margin_mm
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -118,17 +127,40 @@ class LoadStudyd(MapTransform):
         z = slices[len(slices) // 2]
         return {"annotation": torch.as_tensor(label[:, :, z]), "annotation_slice": z, "annotation_phase": phase}
 
-    @staticmethod
-    def _labels(study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
+    def _labels(self, study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
         full = np.full((1, *shape), UNLABELLED, dtype=np.uint8)
-        for name in ("ed", "es"):
+        names = [n for n in ("ed", "es") if (study / f"label_{n}.nii.gz").is_file() and n in info]
+        classes = {n: _drawn_classes(study, info, n) for n in names}
+        drawn_somewhere = set().union(*classes.values())
+        spacing = np.linalg.norm(affine[:3, :2], axis=0)
+        for name in names:
             path = study / f"label_{name}.nii.gz"
-            if path.is_file() and name in info:
-                phase = _check_phase(study, info, name, shape[3], path.name)
-                label = read_label(path, shape, affine)
-                for z in _labelled_slices(info, f"annotated_slices_{name}", label, study):
-                    full[0, :, :, z, phase] = label[:, :, z]
+            phase = _check_phase(study, info, name, shape[3], path.name)
+            label = read_label(path, shape, affine)
+            for z in _labelled_slices(info, f"annotated_slices_{name}", label, study):
+                frame = label[:, :, z].copy()
+                if classes[name] != drawn_somewhere:
+                    frame[_ambiguous_background(frame, spacing, self.partial_margin_mm)] = UNLABELLED
+                full[0, :, :, z, phase] = frame
         return {"label": torch.as_tensor(full), "ed": info.get("ed", 0), "es": info.get("es", 0)}
+
+
+def _drawn_classes(study: Path, info: dict[str, Any], phase_name: str) -> set[int]:
+    """The classes drawn at one phase: ``info["labels_<phase>"]``, else ``info["labels"]``, else 1, 2 and 3."""
+    key = f"labels_{phase_name}" if f"labels_{phase_name}" in info else "labels"
+    classes = info.get(key, [1, 2, 3])
+    if not (isinstance(classes, list) and set(classes) <= {1, 2, 3}):
+        raise CSTMInputError(study / "info.json", f"{key!r} is {classes!r}", "a list of classes among 1 RV, 2 Myo, 3 LV")
+    return set(classes)
+
+
+def _ambiguous_background(frame: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:
+    """(H, W) bool: background pixels of ``frame`` within ``margin_mm`` of its drawn structures; all of them when
+    nothing is drawn (an apical slice may hold only the undrawn class)."""
+    background = frame == 0
+    if background.all():
+        return background
+    return background & (distance_transform_edt(background, sampling=spacing) <= margin_mm)
 
 
 class RandTripletd(Randomizable, MapTransform):
@@ -136,7 +168,8 @@ class RandTripletd(Randomizable, MapTransform):
 
     With probability ``temporal_prob`` a sample runs along t on one slice labelled at ED and ES: (ED, ES, ED), or
     (ES, ED, ES); otherwise along z at one labelled phase: three ordered labelled slices no more than
-    ``max_slice_distance`` apart, base-to-apex or apex-to-base. Frames 2 and 3 are predicted from frame 1 (+ 2).
+    ``max_slice_distance`` apart, base-to-apex or apex-to-base. Frames 2 and 3 are predicted from frame 1 (+ 2), so
+    frame 1 is always a fully labelled frame; frames 2 and 3 may be partially labelled (:class:`LoadStudyd`).
 
     Args:
         keys: (image key, label key); the image (1, H, W, Z, T), the label (1, H, W, Z, T) from :class:`LoadStudyd`.
@@ -145,6 +178,8 @@ class RandTripletd(Randomizable, MapTransform):
         max_slice_distance: largest z distance between the first and last slice of a sample along z (paper: 5).
     Returns:
         a list of dicts with ``frames`` (3, H, W) float32, ``masks`` (3, H, W) uint8 and the study's ``image_spacing``.
+    Raises:
+        CSTMInputError: the study has no fully labelled frame to start a sample from.
     """
 
     def __init__(self, keys: KeysCollection = ("image", "label"), num_samples: int = 4, temporal_prob: float = 0.5,
@@ -157,40 +192,41 @@ class RandTripletd(Randomizable, MapTransform):
     def randomize(self, data: Any = None) -> None:
         pass
 
-    def _sample(self, labelled: dict[int, list[int]]) -> tuple[list, list]:
-        phases = list(labelled)
-        both = sorted(set(labelled[phases[0]]).intersection(*labelled.values()))
-        if self.R.rand() < self.temporal_prob and len(phases) >= 2 and both:
-            z = both[self.R.randint(len(both))]
-            a, b = phases[:2] if self.R.rand() < 0.5 else phases[1::-1]
+    def _pick(self, items: list) -> Any:
+        return items[self.R.randint(len(items))]
+
+    def _sample(self, full: dict[int, list[int]], truth: dict[int, list[int]]) -> tuple[list[int], list[int]]:
+        """(slices, phases) of one sample; ``full``/``truth``: phase -> slices fully / at least partly labelled."""
+        temporal = [(z, a, b) for a in full for z in full[a] for b in truth if b != a and z in truth[b]]
+        if temporal and self.R.rand() < self.temporal_prob:
+            z, a, b = self._pick(temporal)
             return [z, z, z], [a, b, a]
-        t = phases[self.R.randint(len(phases))]
-        zs = labelled[t]
-        if len(zs) < 3:
-            z = zs[self.R.randint(len(zs))]
+        t = self._pick(sorted(full))
+        step = 1 if self.R.rand() < 0.5 else -1  # base-to-apex or apex-to-base
+        ahead = {z: [w for w in truth[t] if 0 < (w - z) * step <= self.max_slice_distance] for z in full[t]}
+        starts = [z for z in full[t] if len(ahead[z]) >= 2]
+        if not starts:
+            z = self._pick(full[t])
             return [z] * 3, [t] * 3
-        first = self.R.randint(len(zs) - 2)
-        window = [z for z in zs[first + 1:] if z - zs[first] <= self.max_slice_distance]
-        if len(window) < 2:
-            window = zs[first + 1: first + 3]
+        z = self._pick(starts)
+        window = sorted(ahead[z], key=lambda w: (w - z) * step)
         picks = sorted(self.R.choice(len(window), 2, replace=False))
-        chosen = [zs[first], window[picks[0]], window[picks[1]]]
-        if self.R.rand() < 0.5:
-            chosen.reverse()
-        return chosen, [t] * 3
+        return [z, window[picks[0]], window[picks[1]]], [t] * 3
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[str, Any]]:
         d = dict(data)
         image_key, label_key = self.keys
         image, label = d[image_key][0], d[label_key][0]  # (H, W, Z, T)
-        frame_labelled = (label != UNLABELLED).all(dim=0).all(dim=0)  # (Z, T)
-        labelled = {int(t): [int(z) for z in torch.nonzero(frame_labelled[:, t]).flatten()]
-                    for t in torch.nonzero(frame_labelled.any(0)).flatten()}
-        if not labelled:
-            raise CSTMInputError(d["study_dir"], "no labelled frame to train on", "label_ed/label_es with labels")
+        known = label != UNLABELLED
+        full, truth = ({int(t): [int(z) for z in torch.nonzero(frames[:, t]).flatten()]
+                        for t in torch.nonzero(frames.any(0)).flatten()}
+                       for frames in (known.all(0).all(0), known.any(0).any(0)))  # (Z, T) each
+        if not full:
+            raise CSTMInputError(d["study_dir"], "no fully labelled frame to start a training sample from",
+                                 "label_ed/label_es with at least one fully labelled slice")
         samples = []
         for _ in range(self.num_samples):
-            zs, ts = self._sample(labelled)
+            zs, ts = self._sample(full, truth)
             samples.append({
                 "frames": torch.as_tensor(image[:, :, zs, ts]).permute(2, 0, 1).float(),  # (3, H, W)
                 "masks": torch.as_tensor(label[:, :, zs, ts]).permute(2, 0, 1),  # (3, H, W)
@@ -237,7 +273,8 @@ class SelectLabelledFramesd(MapTransform):
     Args:
         keys: (pred key, label key), both (1, H, W, Z, T); the label holds :data:`UNLABELLED` where there is no truth.
     Returns:
-        pred and label as (1, H, W, N) over the N labelled frames.
+        pred and label as (1, H, W, N) over the N labelled frames, and ``frame_phase``: (N,) "ED" or "ES" (the
+        frame's phase is ``info["es"]``, else ED).
     """
 
     def __init__(self, keys: KeysCollection = ("pred", "label")):
@@ -252,6 +289,7 @@ class SelectLabelledFramesd(MapTransform):
         zs, ts = torch.nonzero(labelled, as_tuple=True)
         d[pred_key] = torch.as_tensor(d[pred_key])[..., zs, ts]  # (1, H, W, N)
         d[label_key] = label[..., zs, ts]  # (1, H, W, N)
+        d["frame_phase"] = ["ES" if t == int(d["es"]) else "ED" for t in ts.tolist()]
         return d
 
 

@@ -1,7 +1,7 @@
-from .checkpoint import CheckedCheckpointLoader, ResumableCheckpoint, check_run_folder
+from .checkpoint import CheckedCheckpointLoader, ResumableCheckpoint, check_run_folder, load_initial_weights
 from .losses import BootstrappedCE
 from .tracking import configure_tracking
-from .trainer import CSTMTrainer, TripletStep, propagate_triplet
+from .trainer import CSTMTrainer, TripletStep, attach_early_stop, propagate_triplet
 
-__all__ = ["BootstrappedCE", "CheckedCheckpointLoader", "ResumableCheckpoint", "CSTMTrainer", "check_run_folder", "configure_tracking",
-           "propagate_triplet", "TripletStep"]
+__all__ = ["BootstrappedCE", "CheckedCheckpointLoader", "ResumableCheckpoint", "CSTMTrainer", "TripletStep",
+           "attach_early_stop", "check_run_folder", "configure_tracking", "load_initial_weights", "propagate_triplet"]

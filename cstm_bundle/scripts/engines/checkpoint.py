@@ -51,6 +51,24 @@ def _first_line(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def load_initial_weights(network: torch.nn.Module, checkpoint: str | os.PathLike | None) -> None:
+    """Start training from ``checkpoint``'s weights (``--init_checkpoint``, e.g. the phantom-trained ``model.pt``);
+    None starts from scratch. A resumed run then replaces them with its own last checkpoint.
+
+    Raises:
+        CSTMInputError: the file is missing or damaged, or holds another network's weights.
+    """
+    if checkpoint is None:
+        return
+    state = CheckedCheckpointLoader.read(checkpoint)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        raise CSTMInputError(checkpoint, f"does not fit the network ({_first_line(e)})",
+                             "a model.pt of the configured variant") from e
+    logger.info(f"initial weights from {checkpoint}")
+
+
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_MODEL = "model.pt"
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.engines import IterationEvents, SupervisedTrainer
+from monai.handlers import EarlyStopHandler
 from monai.utils import CommonKeys
 from torch import Tensor, nn
 
@@ -57,10 +58,21 @@ class CSTMTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` whose iteration runs :func:`propagate_triplet` on batches of ``frames`` (B, 3, H, W) and
     ``masks`` (B, 3, H, W), with ``loss_function(logits, target, iteration)`` summed over frames 2 and 3.
 
-    Frame 1 must be fully labelled: samples whose first mask holds unlabelled pixels are an input error upstream.
-    ``network`` is a module whose ``forward(frames, first_mask)`` runs the step: :class:`TripletStep`, wrapped in
-    ``DistributedDataParallel`` for several GPUs (``multi_gpu_train.json``).
+    Frame 1 must be fully labelled (:class:`~scripts.data.RandTripletd` draws it so); frames 2 and 3 may hold
+    unlabelled pixels, which the loss ignores. ``network`` is a module whose ``forward(frames, first_mask)`` runs the
+    step: :class:`TripletStep`, wrapped in ``DistributedDataParallel`` for several GPUs (``multi_gpu_train.json``).
+
+    Args:
+        grad_clip_norm: clip the gradients' global L2 norm to this before each optimizer step (after unscaling under
+            AMP); None or 0 does not clip.
+        args, kwargs: ``SupervisedTrainer``'s.
     """
+
+    def __init__(self, *args: Any, grad_clip_norm: float | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if grad_clip_norm is not None and grad_clip_norm < 0:
+            raise ValueError(f"grad_clip_norm must be None or >= 0, got {grad_clip_norm}.")
+        self.grad_clip_norm = grad_clip_norm or None
 
     def _iteration(self, engine: Any, batchdata: dict[str, Tensor]) -> dict:
         device = torch.device(engine.state.device)
@@ -74,16 +86,31 @@ class CSTMTrainer(SupervisedTrainer):
             it = engine.state.iteration
             loss = engine.loss_function(logits2, masks[:, 1], it) + engine.loss_function(logits3, masks[:, 2], it)
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if engine.amp and engine.scaler is not None:
-            engine.scaler.scale(loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
+        scaler = engine.scaler if engine.amp else None
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if engine.grad_clip_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(engine.optimizer)
+            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
+        if scaler is not None:
+            scaler.step(engine.optimizer)
+            scaler.update()
         else:
-            loss.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         engine.state.output = {CommonKeys.IMAGE: frames, CommonKeys.LABEL: masks, CommonKeys.PRED: logits3.detach(),
                                CommonKeys.LOSS: loss.detach()}
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI handlers (decollate, StatsHandler) hook here
         return engine.state.output
+
+
+def attach_early_stop(evaluator: Any, trainer: Any, patience: int = 0, min_delta: float = 0.0) -> None:
+    """Stop ``trainer`` when the evaluator's key metric has not improved by more than ``min_delta`` for ``patience``
+    validations in a row (MONAI's ``EarlyStopHandler``); ``patience`` 0 never stops early (``--early_stop_patience``).
+    The count restarts when a run is resumed."""
+    if patience < 0:
+        raise ValueError(f"early_stop_patience must be >= 0, got {patience}.")
+    if patience == 0:
+        return
+    EarlyStopHandler(patience=patience, score_function=lambda e: e.state.metrics[e.state.key_metric_name],
+                     trainer=trainer, min_delta=min_delta).attach(evaluator)
