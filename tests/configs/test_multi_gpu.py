@@ -46,4 +46,5 @@ def test_two_processes_with_gloo_agree_on_the_weights(tmp_path: Path) -> None:
     assert last["trainer"]["epoch_length"] == 1  # 2 training studies shared by 2 ranks
     assert (out / "model.pt").is_file()  # validated (on every rank: MONAI's metrics gather across ranks), saved by rank 0
     log = result.stdout + result.stderr
-    assert log.count("Metrics -- val_mean_dice") == 1 and log.count("train_loss:") == 1  # rank 0 logs alone
+    assert log.count("] Metrics -- ") == 1 and log.count("train_loss:") == 1  # rank 0 logs alone
+    assert "val_dice_es_lv" in log and "val_mean_dice" in log

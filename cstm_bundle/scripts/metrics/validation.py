@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.metrics import Metric
+from ignite.metrics.metric import sync_all_reduce
 from monai.metrics import compute_dice
 
 from .segmentation import CLASS_NAMES
+
+PHASES = ("ED", "ES")
 
 
 class PhaseClassDice(Metric):
@@ -34,21 +36,25 @@ class PhaseClassDice(Metric):
         super().__init__(output_transform=output_transform, metrics_result_mode="flatten")
 
     def reset(self) -> None:
-        self._scores: dict[str, list[float]] = defaultdict(list)
+        self._sum = torch.zeros(len(PHASES), len(CLASS_NAMES), dtype=torch.float64)  # [phase, class - 1]
+        self._count = torch.zeros_like(self._sum)
 
     def update(self, output: Sequence[Mapping[str, Any]]) -> None:
         for item in output:
             pred, label = torch.as_tensor(item["pred"]), torch.as_tensor(item["label"])  # (C, H, W, N)
             phases = np.asarray(item["frame_phase"])
-            for phase in ("ED", "ES"):
+            for i, phase in enumerate(PHASES):
                 frames = torch.as_tensor(np.flatnonzero(phases == phase))
                 if len(frames) == 0:
                     continue
-                dice = compute_dice(pred[None, ..., frames], label[None, ..., frames], include_background=False,
-                                    ignore_empty=True)[0]  # (C - 1,), NaN where the class has no truth
-                for c, value in enumerate(dice.tolist(), start=1):
-                    if not np.isnan(value):
-                        self._scores[f"{self.prefix}_{phase.lower()}_{CLASS_NAMES[c].lower()}"].append(value)
+                dice = compute_dice(pred[None, ..., frames].cpu(), label[None, ..., frames].cpu(),
+                                    include_background=False, ignore_empty=True)[0]  # (C - 1,), NaN: no truth
+                scored = ~dice.isnan()
+                self._sum[i, scored] += dice[scored].double()
+                self._count[i, scored] += 1
 
+    @sync_all_reduce("_sum", "_count")  # several GPUs: every rank's studies
     def compute(self) -> dict[str, float]:
-        return {name: float(np.mean(values)) for name, values in sorted(self._scores.items())}
+        mean = self._sum / self._count.clamp(min=1)
+        return {f"{self.prefix}_{phase.lower()}_{CLASS_NAMES[c + 1].lower()}": float(mean[i, c])
+                for i, phase in enumerate(PHASES) for c in range(len(CLASS_NAMES)) if self._count[i, c] > 0}
