@@ -79,3 +79,26 @@ def test_inference_writes_clinical_outputs(phantom_studies: Path, tmp_path: Path
     assert len(read_rows(folder / "volumes.csv")) == len(function["volumes_ml"]["lv"])
     assert Image.open(folder / "middle_slice.gif").n_frames == len(function["volumes_ml"]["lv"])
     assert "frames/s" in result.stdout and "EF" in result.stdout
+
+
+ACDC_HELD_OUT = ("patient008", "patient009", "patient010")  # train_real.json's validation split: never trained on
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "acdc_dev").is_dir(), reason="../shared/data/acdc_dev absent")
+def test_shipped_weights_beat_copy_ed_and_dense_runs_on_held_out_acdc(tmp_path: Path) -> None:
+    """The real-data weights (models/model.pt) against the copy-ED floor at ES on the held-out ACDC studies, with the
+    dense-matching weights (models/model_dense.pt) scored in the same run."""
+    studies = tmp_path / "acdc_held_out"
+    studies.mkdir()
+    for name in ACDC_HELD_OUT:
+        (studies / name).symlink_to(SHARED_DATA / "acdc_dev" / name)
+    out = tmp_path / "eval"
+    result = run_bundle("evaluate", "evaluate.json", "--dataset_dir", str(studies), "--output_dir", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    es = {method: m["ES"]["whole"] for method, m in json.loads((out / "summary.json").read_text())["metrics"].items()}
+    assert set(es) == {"model", "copy_ed", "dense"}
+    print("\nES whole-heart 2D Dice, LV/Myo/RV/mean: " + "; ".join(
+        f"{method} " + "/".join(f"{es[method][c]['dice_2d']:.3f}" for c in ("LV", "Myo", "RV", "mean")) for method in es))
+    assert es["model"]["mean"]["dice_2d"] > es["copy_ed"]["mean"]["dice_2d"] + 0.03
+    assert es["model"]["mean"]["hd95_2d"] < es["copy_ed"]["mean"]["hd95_2d"]
+    assert es["dense"]["mean"]["dice_2d"] > es["copy_ed"]["mean"]["dice_2d"]
