@@ -74,6 +74,31 @@ def test_single_slice_cine_with_annotation_channel(shipped: tuple, tmp_path: Pat
     np.testing.assert_array_equal(explicit[0, 0, :, :, 0].numpy(), labels)
 
 
+def test_monai_label_chain_of_inference_json(shipped: tuple, tmp_path: Path) -> None:
+    """``pre_transforms``/``post_transforms``, which MONAI Label's BundleInferTask takes over ``preprocessing``/
+    ``postprocessing``, called as it calls them (tests/monailabel runs them in MONAI Label itself)."""
+    network, inferer = shipped
+    parser = ConfigParser()
+    parser.read_config(CONFIGS / "inference.json")
+    study = make_phantom_study(seed=5002)
+    z = study.image.shape[2] // 2
+    annotation = np.zeros(study.label.shape[:2] + study.label.shape[3:], np.uint8)  # (H, W, T)
+    annotation[..., study.ed] = study.label[:, :, z, study.ed]
+    nib.save(nib.Nifti1Image(study.image[:, :, z], study.affine), tmp_path / "cine.nii.gz")
+    nib.save(nib.Nifti1Image(annotation, study.affine), tmp_path / "annotation.nii.gz")
+
+    request = {"image": str(tmp_path / "cine.nii.gz"), "label": str(tmp_path / "annotation.nii.gz"), "device": "cpu"}
+    d = parser.get_parsed_content("pre_transforms")(request)
+    with torch.no_grad():
+        d["pred"] = inferer(d["image"][None], network)[0]
+    pred = parser.get_parsed_content("post_transforms")(d)["pred"]
+    assert pred.shape == (1, *annotation.shape)  # (1, H, W, T): MONAI Label's Restored and writer take it from here
+    labels = pred[0].numpy()
+    np.testing.assert_array_equal(labels[..., study.ed], annotation[..., study.ed])
+    truth_es = study.label[:, :, z, study.es]
+    assert dice(labels[..., study.es], truth_es) > dice(annotation[..., study.ed], truth_es) + 0.05
+
+
 def test_inferer_without_annotation_channel_says_what_it_expects(shipped: tuple) -> None:
     network, inferer = shipped
     with pytest.raises(ValueError, match=r"expected inputs \(B, 2, H, W, Z, T\)"):
