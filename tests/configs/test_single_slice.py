@@ -46,14 +46,21 @@ def preprocessing() -> Compose:
     ])
 
 
-def test_single_slice_cine_with_annotation_channel(shipped: tuple, tmp_path: Path) -> None:
-    network, inferer = shipped
+def write_cine_slice(folder: Path) -> tuple:
+    """A phantom's middle slice as a cine (H, W, T) ``cine.nii.gz`` and its ED label as ``annotation.nii.gz``
+    (H, W, T), 0 except at ED. Returns the study, the slice index and the annotation."""
     study = make_phantom_study(seed=5002)
     z = study.image.shape[2] // 2
     annotation = np.zeros(study.label.shape[:2] + study.label.shape[3:], np.uint8)  # (H, W, T)
     annotation[..., study.ed] = study.label[:, :, z, study.ed]
-    nib.save(nib.Nifti1Image(study.image[:, :, z], study.affine), tmp_path / "cine.nii.gz")
-    nib.save(nib.Nifti1Image(annotation, study.affine), tmp_path / "annotation.nii.gz")
+    nib.save(nib.Nifti1Image(study.image[:, :, z], study.affine), folder / "cine.nii.gz")
+    nib.save(nib.Nifti1Image(annotation, study.affine), folder / "annotation.nii.gz")
+    return study, z, annotation
+
+
+def test_single_slice_cine_with_annotation_channel(shipped: tuple, tmp_path: Path) -> None:
+    network, inferer = shipped
+    study, z, annotation = write_cine_slice(tmp_path)
 
     d = preprocessing()({"image": str(tmp_path / "cine.nii.gz"), "label": str(tmp_path / "annotation.nii.gz")})
     assert d["image"].shape == (2, *study.image.shape[:2], 1, study.image.shape[3])
@@ -80,12 +87,7 @@ def test_monai_label_chain_of_inference_json(shipped: tuple, tmp_path: Path) -> 
     network, inferer = shipped
     parser = ConfigParser()
     parser.read_config(CONFIGS / "inference.json")
-    study = make_phantom_study(seed=5002)
-    z = study.image.shape[2] // 2
-    annotation = np.zeros(study.label.shape[:2] + study.label.shape[3:], np.uint8)  # (H, W, T)
-    annotation[..., study.ed] = study.label[:, :, z, study.ed]
-    nib.save(nib.Nifti1Image(study.image[:, :, z], study.affine), tmp_path / "cine.nii.gz")
-    nib.save(nib.Nifti1Image(annotation, study.affine), tmp_path / "annotation.nii.gz")
+    study, z, annotation = write_cine_slice(tmp_path)
 
     request = {"image": str(tmp_path / "cine.nii.gz"), "label": str(tmp_path / "annotation.nii.gz"), "device": "cpu"}
     d = parser.get_parsed_content("pre_transforms")(request)

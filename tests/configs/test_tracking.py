@@ -35,6 +35,8 @@ def test_training_with_mlflow_logs_params_loss_dice_and_model(tmp_path: Path) ->
     assert all(m.value > 0 for m in loss)
     dice = client.get_metric_history(run.info.run_id, "val_mean_dice")
     assert [m.step for m in dice] == [1] and 0.0 <= dice[0].value <= 1.0
+    es_lv = client.get_metric_history(run.info.run_id, "val_dice_es_lv")  # per class and phase, too
+    assert [m.step for m in es_lv] == [1] and 0.0 <= es_lv[0].value <= 1.0
     params = run.data.params
     assert params["max_epochs"] == "1" and params["epoch_length"] == "2"
     assert params["variant"] == "small" and params["matching_mode"] == "plm" and params["top_k"] == "4"

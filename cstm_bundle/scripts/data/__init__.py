@@ -3,10 +3,13 @@ from .label_app import AnnotationChanneld, CineSliceLabeld
 from .layouts import LAYOUTS, convert_layout, read_acdc_cfg
 from .phantom import PhantomStudy, make_phantom_study, write_phantom_studies
 from .readers import list_studies, mix_datalists, read_info, read_label, sample_weights
-from .transforms import UNLABELLED, AsCineStudyd, LoadStudyd, RandHeartCropd, RandTripletd, SaveStudyLabeld, SelectLabelledFramesd, check_outputs
+from .transforms import (UNLABELLED, AsCineStudyd, LoadStudyd, RandHeartCropd, RandTripletd, SaveStudyLabeld,
+                         SelectLabelledFramesd, check_outputs)
 
 __all__ = [
-    "UNLABELLED", "AnnotationChanneld", "AsCineStudyd", "CineSliceLabeld", "CineDicomReader", "LoadStudyd", "PhantomStudy", "RandHeartCropd", "RandTripletd", "SaveStudyLabeld", "SelectLabelledFramesd",
-    "LAYOUTS", "check_outputs", "convert_layout", "list_studies", "mix_datalists", "sample_weights", "read_acdc_cfg", "make_phantom_study", "read_cine_dicom", "read_info", "read_label",
-    "scan_cine_dicom", "write_phantom_studies",
+    "UNLABELLED", "LAYOUTS",
+    "AnnotationChanneld", "AsCineStudyd", "CineSliceLabeld", "CineDicomReader", "LoadStudyd", "PhantomStudy",
+    "RandHeartCropd", "RandTripletd", "SaveStudyLabeld", "SelectLabelledFramesd",
+    "check_outputs", "convert_layout", "list_studies", "make_phantom_study", "mix_datalists", "read_acdc_cfg",
+    "read_cine_dicom", "read_info", "read_label", "sample_weights", "scan_cine_dicom", "write_phantom_studies",
 ]

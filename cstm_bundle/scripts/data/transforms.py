@@ -68,21 +68,24 @@ class LoadStudyd(MapTransform):
     - with ``with_labels``: ``label`` (1, H, W, Z, T) uint8 holding ``label_ed``/``label_es`` on their annotated slices
       and :data:`UNLABELLED` everywhere else; ``ed``, ``es``.
 
-    Partial labels: ``info["labels_ed"]`` / ``info["labels_es"]`` (else ``info["labels"]``, else all of 1, 2, 3) list
-    the classes drawn at that phase. Where a phase lacks a class that the other phase has (Sunnybrook: no myocardium
-    at ES), its background pixels within ``partial_margin_mm`` of the drawn structures may belong to the missing
-    class: they become :data:`UNLABELLED`, out of the loss, instead of background. A class drawn at no phase (RV in
+    Partial labels, for training: ``info["labels_ed"]`` / ``info["labels_es"]`` (else ``info["labels"]``, else all of
+    1, 2, 3) list the classes drawn at that phase. Where a phase lacks a class that the other phase has (Sunnybrook: no
+    myocardium at ES), its background pixels within ``partial_margin_mm`` of the drawn structures may belong to the
+    missing class: with a margin given, they become :data:`UNLABELLED`, out of the loss, instead of background
+    (evaluation instead scores only the drawn classes, :mod:`scripts.metrics.report`). A class drawn at no phase (RV in
     Sunnybrook) is absent from the annotation too, so propagation must not produce it: it stays background.
 
     Args:
         keys: the image key.
         with_labels: also load the ED/ES labels (training, validation, evaluation).
-        partial_margin_mm: width of the unlabelled band around the drawn structures of a partially labelled phase.
+        partial_margin_mm: width of the unlabelled band around the drawn structures of a partially labelled phase;
+            None leaves the labels as drawn.
     Raises:
         CSTMInputError: wrong dimensionality, NaN/Inf or constant image, missing or empty annotation, bad label files.
     """
 
-    def __init__(self, keys: KeysCollection = "image", with_labels: bool = False, partial_margin_mm: float = 20.0):
+    def __init__(self, keys: KeysCollection = "image", with_labels: bool = False,
+                 partial_margin_mm: float | None = None):
         super().__init__(keys)
         self.with_labels = with_labels
         self.partial_margin_mm = partial_margin_mm
@@ -139,7 +142,7 @@ class LoadStudyd(MapTransform):
             label = read_label(path, shape, affine)
             for z in _labelled_slices(info, f"annotated_slices_{name}", label, study):
                 frame = label[:, :, z].copy()
-                if classes[name] != drawn_somewhere:
+                if self.partial_margin_mm is not None and classes[name] != drawn_somewhere:
                     frame[_ambiguous_background(frame, spacing, self.partial_margin_mm)] = UNLABELLED
                 full[0, :, :, z, phase] = frame
         return {"label": torch.as_tensor(full), "ed": info.get("ed", 0), "es": info.get("es", 0)}
