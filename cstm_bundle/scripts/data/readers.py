@@ -124,27 +124,29 @@ def mix_datalists(
     Raises:
         CSTMInputError: an extra dataset without "dataset_dir", an unknown key, or a negative weight.
     """
-    sources = [(datalist, weight, "dataset_weight")]
+    _check_weight(weight, "dataset_weight")
+    sources = [(datalist, weight)]
+    if extra_datasets:
+        logger.info(f"training data: {len(datalist)} studies of the main dataset at weight {weight}")
     allowed = {"dataset_dir", "weight", "dataset_layout", "info_csv"}
     for i, extra in enumerate(extra_datasets or []):
         where = f"extra_train_datasets[{i}]"
         if not isinstance(extra, dict) or "dataset_dir" not in extra or set(extra) - allowed:
             raise CSTMInputError(where, f"is {extra!r}",
                                  f"a dict with 'dataset_dir' and optional {sorted(allowed - {'dataset_dir'})}")
+        _check_weight(extra.get("weight", 1.0), where)
         layout = extra.get("dataset_layout", "study")
         studies = list_studies(extra["dataset_dir"], dataset_layout=layout, info_csv=extra.get("info_csv"),
                                layout_dir=None if layout_dir is None else Path(layout_dir) / f"extra{i}",
                                demo_dir=demo_dir, demo_studies=demo_studies)
-        sources.append((studies, extra.get("weight", 1.0), where))
-    mixed = []
-    for studies, w, where in sources:
-        if not isinstance(w, (int, float)) or w < 0:
-            raise CSTMInputError(where, f"weight is {w!r}", "a number >= 0")
-        mixed += [{**s, "sample_weight": float(w) / len(studies)} for s in studies]
-        if len(sources) > 1:
-            logger.info(f"training data: {len(studies)} studies from {studies[0]['study_dir'].rsplit(os.sep, 1)[0]} "
-                        f"at weight {w}")
-    return mixed
+        sources.append((studies, extra.get("weight", 1.0)))
+        logger.info(f"training data: {len(studies)} studies from {extra['dataset_dir']} at weight {sources[-1][1]}")
+    return [{**s, "sample_weight": float(w) / len(studies)} for studies, w in sources for s in studies]
+
+
+def _check_weight(weight: Any, where: str) -> None:
+    if not isinstance(weight, (int, float)) or weight < 0:
+        raise CSTMInputError(where, f"weight is {weight!r}", "a number >= 0")
 
 
 def sample_weights(datalist: list[dict[str, Any]]) -> list[float]:

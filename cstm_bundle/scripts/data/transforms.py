@@ -198,9 +198,10 @@ class RandTripletd(Randomizable, MapTransform):
     def _pick(self, items: list) -> Any:
         return items[self.R.randint(len(items))]
 
-    def _sample(self, full: dict[int, list[int]], truth: dict[int, list[int]]) -> tuple[list[int], list[int]]:
-        """(slices, phases) of one sample; ``full``/``truth``: phase -> slices fully / at least partly labelled."""
-        temporal = [(z, a, b) for a in full for z in full[a] for b in truth if b != a and z in truth[b]]
+    def _sample(self, full: dict[int, list[int]], truth: dict[int, list[int]],
+                temporal: list[tuple[int, int, int]]) -> tuple[list[int], list[int]]:
+        """(slices, phases) of one sample; ``full``/``truth``: phase -> slices fully / at least partly labelled;
+        ``temporal``: the (z, a, b) with slice z fully labelled at phase a and labelled at phase b."""
         if temporal and self.R.rand() < self.temporal_prob:
             z, a, b = self._pick(temporal)
             return [z, z, z], [a, b, a]
@@ -227,9 +228,10 @@ class RandTripletd(Randomizable, MapTransform):
         if not full:
             raise CSTMInputError(d["study_dir"], "no fully labelled frame to start a training sample from",
                                  "label_ed/label_es with at least one fully labelled slice")
+        temporal = [(z, a, b) for a in full for z in full[a] for b in truth if b != a and z in truth[b]]
         samples = []
         for _ in range(self.num_samples):
-            zs, ts = self._sample(full, truth)
+            zs, ts = self._sample(full, truth, temporal)
             samples.append({
                 "frames": torch.as_tensor(image[:, :, zs, ts]).permute(2, 0, 1).float(),  # (3, H, W)
                 "masks": torch.as_tensor(label[:, :, zs, ts]).permute(2, 0, 1),  # (3, H, W)

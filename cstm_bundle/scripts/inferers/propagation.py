@@ -161,7 +161,8 @@ class Propagation4DInferer(Inferer):
 
     Called by MONAI's ``SupervisedEvaluator`` as ``inferer(image, network, annotation=..., annotation_slice=...,
     annotation_phase=..., image_spacing=...)``, or, as MONAI Label's inference tasks call an inferer, as
-    ``inferer(inputs, network)`` with the annotation as a second input channel (see :meth:`__call__`). With ``roi_size`` set, every frame is cropped to a square of
+    ``inferer(inputs, network)`` with the annotation as a second input channel (see :meth:`__call__`). With
+    ``roi_size`` set, every frame is cropped to a square of
     ``roi_size * spacing`` mm around the annotated heart and resampled to ``roi_size`` pixels (see
     :mod:`scripts.data.roi`); the labels are mapped back onto the input grid, background outside the ROI. Without it,
     whole frames are zero-padded to the network's size multiple.

@@ -167,7 +167,7 @@ def plm_readout(
     if topk_idx is None:
         topk_idx = topk_memory_patches(query_key, memory_key, patch_size, top_k)
     elif (topk_idx.ndim != 3 or topk_idx.shape[:2] != (b, n)
-          or not 0 <= int(topk_idx.min()) <= int(topk_idx.max()) < t * n):
+          or not 0 <= min(low_high := torch.stack(torch.aminmax(topk_idx)).tolist()) <= max(low_high) < t * n):
         raise ValueError(f"topk_idx {tuple(topk_idx.shape)} does not fit {n} query and {t * n} memory patches.")
     kpp = topk_idx.shape[2] * pp
     if chunk_size is None:
