@@ -17,13 +17,23 @@ TINY_CSTM = dict(key_block="basic", key_layers=(1, 1, 1), key_widths=(16, 16, 32
 """A CSTM small enough for unit tests (about 0.1 M parameters)."""
 
 
-def bundle_command(run_id: str, config: str, *overrides: str) -> list[str]:
-    """``python -m monai.bundle run <run_id> --config_file cstm_bundle/configs/<config> <overrides>``."""
-    return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", f"cstm_bundle/configs/{config}",
-            *overrides]
+EVALUATE = ["inference.json", "evaluate.json"]
+"""evaluate.json is layered on inference.json."""
 
 
-def run_bundle(run_id: str, config: str, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def config_files(config: str | list[str]) -> str:
+    """The ``--config_file`` value for one config, or for a list layered in order (``"['a.json','b.json']"``)."""
+    if isinstance(config, str):
+        return f"cstm_bundle/configs/{config}"
+    return "[" + ",".join(f"'cstm_bundle/configs/{c}'" for c in config) + "]"
+
+
+def bundle_command(run_id: str, config: str | list[str], *overrides: str) -> list[str]:
+    """``python -m monai.bundle run <run_id> --config_file <config(s)> <overrides>``."""
+    return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_files(config), *overrides]
+
+
+def run_bundle(run_id: str, config: str | list[str], *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run :func:`bundle_command` from the repo root and wait for it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(bundle_command(run_id, config, *overrides), cwd=REPO, capture_output=True, text=True,

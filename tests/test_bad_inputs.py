@@ -26,11 +26,11 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from dicom_writer import write_cine_dicom
-from helpers import BUNDLE, run_bundle
+from helpers import BUNDLE, TINY_CSTM, run_bundle
 from scripts.data import LoadStudyd
 from scripts.errors import CSTMInputError, check_overrides
 from scripts.inferers import Propagation4DInferer
-from scripts.networks import build_cstm, plm_readout
+from scripts.networks import build_cstm, plm_readout, save_weights, weights_record
 
 INFERENCE_CONFIG = BUNDLE / "configs" / "inference.json"
 SCRIPTS = BUNDLE / "scripts"
@@ -108,8 +108,14 @@ def study_with(tmp: Path, **kwargs) -> Inference:
 
 
 def network_from_config(tmp: Path, **overrides) -> Callable[[], object]:
-    """Build ``network_def`` of inference.json with named-id overrides, as ``--patch_size 5`` would."""
-    return lambda: inference_parser(tmp, tmp / "out", **overrides).get_parsed_content("network_def")
+    """Build ``network_def`` of train.json with named-id overrides, as ``--patch_size 5`` would (inference.json
+    builds what its checkpoint records: see the ``checkpoint_*`` rows)."""
+    def build() -> object:
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE / "configs" / "train.json"))
+        parser.update({"variant": "small", **overrides})
+        return parser.get_parsed_content("network_def")
+    return build
 
 
 # ---------------------------------------------------------------- builders: image
@@ -329,18 +335,38 @@ def annotation_values_above_classes(tmp: Path) -> Callable[[], object]:
     return lambda: inferer(image, network, annotation, annotation_slice=0, annotation_phase=0)
 
 
+def load_checkpoint(tmp: Path, **overrides) -> Callable[[], object]:
+    """Build inference.json's network from ``tmp/model.pt`` and load it, as the evaluator does when it starts."""
+    parser = inference_parser(tmp, tmp / "out", checkpoint=str(tmp / "model.pt"), device="$torch.device('cpu')",
+                              **overrides)
+    return lambda: parser.get_parsed_content("checkpoint_loader")(Engine(lambda engine, batch: None))
+
+
 def checkpoint_corrupt(tmp: Path) -> Callable[[], object]:
     (tmp / "model.pt").write_bytes(b"not a checkpoint")
-    parser = inference_parser(tmp, tmp / "out", checkpoint=str(tmp / "model.pt"), device="$torch.device('cpu')")
-    loader = parser.get_parsed_content("handlers")[0]  # CheckpointLoader: loads when the evaluator starts
-    return lambda: loader(Engine(lambda engine, batch: None))
+    return load_checkpoint(tmp)
+
+
+def checkpoint_bare_state_dict(tmp: Path) -> Callable[[], object]:
+    torch.save(build_cstm("full").state_dict(), tmp / "model.pt")
+    return load_checkpoint(tmp)
 
 
 def checkpoint_other_variant(tmp: Path) -> Callable[[], object]:
-    torch.save(build_cstm("full").state_dict(), tmp / "model.pt")
-    parser = inference_parser(tmp, tmp / "out", checkpoint=str(tmp / "model.pt"), device="$torch.device('cpu')")
-    loader = parser.get_parsed_content("handlers")[0]
-    return lambda: loader(Engine(lambda engine, batch: None))
+    torch.save(build_cstm("full").state_dict(), tmp / "model.pt")  # records nothing: --variant small is believed
+    return load_checkpoint(tmp, variant="small")
+
+
+def checkpoint_contradicts_variant(tmp: Path) -> Callable[[], object]:
+    network = build_cstm("small", **TINY_CSTM)
+    save_weights(network, tmp / "model.pt", weights_record(network, "tiny", 96, 1.8))
+    return load_checkpoint(tmp, variant="small")
+
+
+def checkpoint_contradicts_matching(tmp: Path) -> Callable[[], object]:
+    network = build_cstm("small", **TINY_CSTM)
+    save_weights(network, tmp / "model.pt", weights_record(network, "tiny", 96, 1.8))
+    return load_checkpoint(tmp, matching_mode="dense")
 
 
 CASES = [
@@ -373,18 +399,22 @@ CASES = [
     ("info_slices_out_of_range", info_slices_out_of_range, "info.json: 'annotated_slices_ed' lists slices [9] outside"),
     ("es_out_of_range_training", es_out_of_range_training, "info.json: es=5 is outside the 5 phases"),
     ("top_k_above_memory_patches", top_k_above_memory_patches, "top_k must be in [1, 9] (memory patches T*N), got 100"),
-    ("top_k_zero", top_k_zero, "top_k must be >= 1, got 0"),
+    ("top_k_zero", top_k_zero, "--top_k: got 0; expected an integer >= 1"),
     ("patch_size_odd", patch_size_odd, "patch_size must be even and >= 2, got 5"),
-    ("patch_size_below_2", patch_size_below_2, "patch_size must be even and >= 2, got 0"),
-    ("matching_mode_unknown", matching_mode_unknown, "matching mode must be 'plm' or 'dense', got 'sparse'"),
-    ("matching_strides_unknown", matching_strides_unknown, "matching strides must be a non-empty subset of (16, 8)"),
+    ("patch_size_below_2", patch_size_below_2, "--patch_size: got 0; expected an integer >= 1"),
+    ("matching_mode_unknown", matching_mode_unknown, "--matching_mode: got 'sparse'; expected one of plm, dense"),
+    ("matching_strides_unknown", matching_strides_unknown, "--matching_strides: got [4]; expected a list of strides"),
     ("override_mistyped", override_mistyped, "--max_epoch: no such option in /"),
     ("override_unknown_section", override_unknown_section, "--preprocess#transforms: no such option in /"),
     ("variant_unknown", variant_unknown, "unknown CSTM variant 'tiny'"),
     ("annotated_slice_outside_study", annotated_slice_outside_study, "annotated frame (9, 0) lies outside a study"),
     ("annotation_values_above_classes", annotation_values_above_classes, "annotation values [7] outside 0..3"),
     ("checkpoint_corrupt", checkpoint_corrupt, "model.pt: cannot be read as a checkpoint"),
+    ("checkpoint_bare_state_dict", checkpoint_bare_state_dict, "model.pt: is a bare state dict that records no architecture"),
     ("checkpoint_other_variant", checkpoint_other_variant, "model.pt: does not fit the network"),
+    ("checkpoint_contradicts_variant", checkpoint_contradicts_variant, "model.pt: was trained as variant 'tiny', not --variant small"),
+    ("checkpoint_contradicts_matching", checkpoint_contradicts_matching,
+     "model.pt: was trained with matching_mode 'plm', not --matching_mode 'dense'"),
 ]
 
 

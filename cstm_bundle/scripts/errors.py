@@ -77,7 +77,8 @@ def check_overrides(argv: list[str] | None = None) -> None:
     options = {a[2:].split("=")[0]: i for i, a in enumerate(argv) if a.startswith("--")}
     if "config_file" not in options:
         return
-    files = argv[options["config_file"] + 1]
+    flag = argv[options["config_file"]]
+    files = flag.partition("=")[2] if "=" in flag else argv[options["config_file"] + 1]  # --config_file=a.json too
     files = ast.literal_eval(files) if files.startswith("[") else [files]
     config = ConfigParser.load_config_files(files)
     ids = set(_ids(config))

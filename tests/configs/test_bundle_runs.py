@@ -13,6 +13,7 @@ import torch
 from dicom_writer import write_cine_dicom
 from helpers import BUNDLE, SHARED_DATA, run_bundle
 from scripts.data import write_phantom_studies
+from scripts.networks import build_cstm_from_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +36,10 @@ def test_training_runs_and_checkpoints(tmp_path: Path) -> None:
     last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert set(last) == {"model", "optimizer", "trainer", "best"}
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] == 2 * 3  # 2 epochs, 2 + 1 studies
-    best = torch.load(out / "model.pt", map_location="cpu")
-    assert any(k.startswith("key_encoder.") for k in best)
+    best = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert best["variant"] == "small" and best["roi"] == {"roi_size": 192, "roi_spacing": 0.9}
+    assert best["training"]["recipe"] == "train.json" and best["training"]["params"]["grad_clip_norm"] == 1.0
+    build_cstm_from_checkpoint(out / "model.pt").load_state_dict(best["model"])  # what inference.json builds
 
 
 def test_inference_writes_4d_label_maps(phantom_studies: Path, tmp_path: Path) -> None:

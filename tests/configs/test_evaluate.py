@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import SHARED_DATA, run_bundle
+from helpers import EVALUATE, SHARED_DATA, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def test_evaluate_on_phantom_studies(phantom_studies: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    result = run_bundle("evaluate", "evaluate.json", "--dataset_dir", str(phantom_studies), "--output_dir", str(out))
+    result = run_bundle("evaluate", EVALUATE, "--dataset_dir", str(phantom_studies), "--output_dir", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_rows(out / "metrics.csv")
     studies = sorted(p.name for p in phantom_studies.iterdir() if p.is_dir())
@@ -43,14 +43,14 @@ def test_evaluate_on_phantom_studies(phantom_studies: Path, tmp_path: Path) -> N
     assert str(out / "metrics.csv") in result.stdout and str(out / "summary.json") in result.stdout
     assert "Whole heart" in result.stdout and "frames/s" in result.stdout
 
-    again = run_bundle("evaluate", "evaluate.json", "--dataset_dir", str(phantom_studies), "--output_dir", str(out))
+    again = run_bundle("evaluate", EVALUATE, "--dataset_dir", str(phantom_studies), "--output_dir", str(out))
     assert again.returncode != 0
     assert "metrics.csv: output file exists" in again.stdout + again.stderr
 
 
 @pytest.mark.skipif(not SUNNYBROOK.is_dir(), reason="../shared/data/sunnybrook absent")
 def test_evaluate_on_sunnybrook_scores_only_annotated_classes(tmp_path: Path) -> None:
-    result = run_bundle("evaluate", "evaluate.json", "--dataset_dir", str(SUNNYBROOK), "--output_dir", str(tmp_path))
+    result = run_bundle("evaluate", EVALUATE, "--dataset_dir", str(SUNNYBROOK), "--output_dir", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_rows(tmp_path / "metrics.csv")
     classes = {(r["phase"], r["class"]) for r in rows}
@@ -93,7 +93,7 @@ def test_shipped_weights_beat_copy_ed_and_dense_runs_on_held_out_acdc(tmp_path: 
     for name in ACDC_HELD_OUT:
         (studies / name).symlink_to(SHARED_DATA / "acdc_dev" / name)
     out = tmp_path / "eval"
-    result = run_bundle("evaluate", "evaluate.json", "--dataset_dir", str(studies), "--output_dir", str(out))
+    result = run_bundle("evaluate", EVALUATE, "--dataset_dir", str(studies), "--output_dir", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     es = {method: m["ES"]["whole"] for method, m in json.loads((out / "summary.json").read_text())["metrics"].items()}
     assert set(es) == {"model", "copy_ed", "dense"}

@@ -54,7 +54,7 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path: Pa
     assert not torch.equal(final["model"]["key_encoder.stem.0.weight"], killed["model"]["key_encoder.stem.0.weight"])
     assert 1 <= final["best"]["epoch"] <= 3
     best = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
-    assert best.keys() == final["model"].keys()
+    assert best["model"].keys() == final["model"].keys()
 
 
 def test_two_inference_runs_into_one_folder_both_finish(phantom_studies: Path, tmp_path: Path) -> None:

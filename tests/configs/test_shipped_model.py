@@ -38,7 +38,7 @@ def inference_parts() -> ConfigParser:
 def predictions(inference_parts: ConfigParser, phantom_studies: Path) -> dict[str, np.ndarray]:
     """The shipped model's 4D label maps (H, W, Z, T) of the fresh phantom studies, through the inference config."""
     network = inference_parts.get_parsed_content("network")
-    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu"))
+    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)["model"])
     network.eval()
     preprocessing = inference_parts.get_parsed_content("preprocessing")
     inferer = inference_parts.get_parsed_content("inferer")

@@ -31,7 +31,7 @@ def shipped() -> tuple:
     parser.read_config(CONFIGS / "inference.json")
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"})
     network = parser.get_parsed_content("network")
-    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu"))
+    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)["model"])
     return network.eval(), parser.get_parsed_content("inferer")
 
 

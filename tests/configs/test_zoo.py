@@ -24,14 +24,14 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from helpers import BUNDLE, CONFIGS, REPO
+from helpers import BUNDLE, CONFIGS, EVALUATE, REPO
 
 SCHEMA = REPO / "tests" / "data" / "bundle_metadata_schema.json"
 
 
-def _workflow(config: str, workflow_type: str, **override) -> ConfigWorkflow:
+def _workflow(config: str | list[str], workflow_type: str, **override) -> ConfigWorkflow:
     return ConfigWorkflow(
-        config_file=str(CONFIGS / config),
+        config_file=str(CONFIGS / config) if isinstance(config, str) else [str(CONFIGS / c) for c in config],
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         workflow_type=workflow_type,
@@ -76,7 +76,7 @@ def test_inference_workflow_properties_and_run(phantom_studies: Path, tmp_path: 
 
 def test_evaluate_workflow_properties(phantom_studies: Path, tmp_path: Path) -> None:
     """evaluate.json is an inference-type workflow too (its run is tested in test_evaluate.py)."""
-    workflow = _workflow("evaluate.json", "infer", dataset_dir=str(phantom_studies), output_dir=str(tmp_path))
+    workflow = _workflow(EVALUATE, "infer", dataset_dir=str(phantom_studies), output_dir=str(tmp_path))
     workflow.initialize()
     assert workflow.check_properties() == []
 
@@ -155,11 +155,12 @@ def test_ckpt_export_traced_torchscript(tmp_path: Path) -> None:
     exported = tmp_path / "model.ts"
     result = _bundle_cli("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", "models/model.pt",
                          "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
-                         "--bundle_root", ".", "--use_trace", "True", "--input_shape", "[1, 5, 192, 192]")
+                         "--bundle_root", ".", "--use_trace", "True", "--input_shape", "[1, 5, 192, 192]",
+                         "--key_in_ckpt", "model")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     traced = torch.jit.load(str(exported), map_location="cpu").eval()
     network = build_cstm("small")
-    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)["model"])
     network.eval()
     torch.manual_seed(0)
     for _ in range(2):  # two inputs: the top-K indices differ, they are not constants of the trace

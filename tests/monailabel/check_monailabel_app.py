@@ -153,7 +153,7 @@ def main() -> int:
                 failures.append(f"HTTP /infer: label affine {served.affine.tolist()} differs from the image's")
 
             network = app._infers[MODEL]._networks["cpu"][0]  # the task's loaded network (not strict)
-            shipped = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu")
+            shipped = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
             loaded = network.state_dict()
             if loaded.keys() != shipped.keys() or not all(torch.equal(loaded[k], shipped[k]) for k in shipped):
                 failures.append("the app's network does not hold the weights of models/model.pt")

@@ -63,3 +63,17 @@ def test_unequal_phase_counts_and_empty_folders_are_refused(study, tmp_path: Pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(CSTMInputError, match="empty: no DICOM image found"):
         scan_cine_dicom(tmp_path / "empty")
+
+
+def test_a_missing_slice_is_refused_not_averaged(study, tmp_path: Path) -> None:
+    """Slices at 0, 1, 3 (slice 2's files gone): one affine would spread them evenly and the volumes would be wrong."""
+    import pydicom
+
+    files = write_cine_dicom(study.image, study.affine, tmp_path / "dicom")
+    z_of = {f: round(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]), 3) for f in files}
+    third = sorted(set(z_of.values()))[2]
+    for f, z in z_of.items():
+        if z == third:
+            f.unlink()
+    with pytest.raises(CSTMInputError, match=r"dicom: slice gaps are uneven \(.* mm: a slice missing"):
+        scan_cine_dicom(tmp_path / "dicom")

@@ -120,3 +120,22 @@ def test_unknown_layout_and_missing_mnms_row(native: Path, tmp_path: Path) -> No
     shutil.copy(labelled / "A0B0C0" / "A0B0C0_sa.nii.gz", labelled / "Z9Z9Z9" / "Z9Z9Z9_sa.nii.gz")
     with pytest.raises(CSTMInputError, match="mnms_info.csv: no row for Z9Z9Z9"):
         list_studies(labelled, dataset_layout="mnms", layout_dir=tmp_path / "studies")
+
+
+def test_uncompressed_nii_sources_are_written_compressed(native: Path, tmp_path: Path) -> None:
+    """A datalist whose files are ``.nii`` converts to study folders whose ``image.nii.gz`` is really gzipped."""
+    source = tmp_path / "nii"
+    dataset = _write_datalist(native, source)
+    items = json.loads(dataset.read_text())["training"]
+    for item in items:
+        for key in ("image", "label_ed", "label_es"):
+            gz = dataset.parent / item[key]
+            nib.save(nib.load(gz), str(gz)[: -len(".gz")])
+            item[key] = item[key][: -len(".gz")]
+    dataset.write_text(json.dumps({"training": items}))
+    converted = list_studies(dataset, dataset_layout="datalist", layout_dir=tmp_path / "studies")
+    for item, reference in zip(converted, list_studies(native)):
+        assert Path(item["image"]).read_bytes()[:2] == b"\x1f\x8b"
+        got, want = LOAD(item), LOAD(reference)
+        torch.testing.assert_close(got["image"].as_tensor(), want["image"].as_tensor())
+        torch.testing.assert_close(torch.as_tensor(got["label"]), torch.as_tensor(want["label"]))

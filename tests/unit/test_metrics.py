@@ -120,3 +120,15 @@ def test_report_copy_ed_baseline_and_table(monkeypatch: pytest.MonkeyPatch) -> N
     table = format_table(summary)
     assert "Whole heart" in table and "copy_ed" in table and "-" in table  # Myo, RV not annotated: '-'
 
+
+
+def test_hd95_3d_keeps_the_gap_of_a_skipped_slice() -> None:
+    """Truth on slice 0, prediction on slices 0 and 2 (10 mm apart), slice 1 not scored: the prediction's extra slice
+    lies 20 mm from the truth. Stacking only the scored slices made it 10 mm."""
+    pred, truth = np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 4), np.uint8)
+    truth[2:6, 2:6, 0] = 3
+    pred[2:6, 2:6, [0, 2]] = 3
+    row = next(r for r in score_phase(pred, truth, {3: [0, 2]}, (1.0, 1.0, 10.0))
+               if r["class"] == "LV" and r["region"] == "whole")
+    assert row["hd95_3d"] == pytest.approx(20.0)
+    assert dice_hd95(pred[..., [0, 2]] == 3, truth[..., [0, 2]] == 3, (1.0, 1.0, 10.0))[1] == pytest.approx(10.0)

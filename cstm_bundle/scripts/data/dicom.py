@@ -24,6 +24,8 @@ DICOM_DIR = "dicom"
 
 _SAME = {"ImageOrientationPatient": "orientation", "Rows": "row count", "Columns": "column count", "PixelSpacing": "pixel spacing"}
 _TOLERANCE_MM = 1e-3
+_GAP_TOLERANCE = 0.1
+"""Slice gaps may differ by this fraction of their median (rounding of positions in the headers); more is refused."""
 
 
 def _attribute(ds: Any, name: str, path: Path) -> Any:
@@ -99,6 +101,11 @@ def scan_cine_dicom(folder: str | os.PathLike) -> CineSeries:
         raise CSTMInputError(folder, f"slices have different numbers of phases ({counts})",
                              "every slice imaged at every phase")
 
+    gaps = np.diff(positions)
+    if len(gaps) > 1 and np.ptp(gaps) > max(_GAP_TOLERANCE * np.median(gaps), 0.1):
+        raise CSTMInputError(folder, f"slice gaps are uneven ({', '.join(f'{g:.2f}' for g in gaps)} mm: a slice missing "
+                             "or a second stack?)", "evenly spaced slices: one affine cannot place uneven slices, and "
+                             "volumes and EF would be wrong")
     row_spacing, col_spacing = (float(v) for v in ds0.PixelSpacing)
     step = (positions[-1] - positions[0]) / (len(positions) - 1) if len(positions) > 1 else float(
         ds0.get("SliceThickness", 1.0))

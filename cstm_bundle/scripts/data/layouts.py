@@ -24,9 +24,11 @@ Layouts (``dataset_layout``):
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import CSTMInputError
-from ..io import save_json, save_nifti
+from ..io import save_json, save_nifti, write_atomic
 from .readers import IMAGE_FILE
 
 logger = logging.getLogger(__name__)
@@ -94,8 +96,17 @@ def _write_study(folder: Path, study: dict[str, Any]) -> None:
 
 
 def _link(source: Path, target: Path) -> None:
+    """Symlink ``source`` as ``target`` (a ``.nii.gz`` name); an uncompressed ``.nii`` source is written compressed
+    instead, as its name promises (a link would fail to read as "not a gzip file")."""
     if not source.is_file():
         raise CSTMInputError(source, "file not found", "a NIfTI file of the dataset")
+    if not source.name.endswith(".gz") and target.name.endswith(".gz"):
+        def compress(tmp: str) -> None:
+            with open(source, "rb") as src, gzip.open(tmp, "wb", compresslevel=1) as dst:
+                shutil.copyfileobj(src, dst, 1 << 24)
+        target.unlink(missing_ok=True)
+        write_atomic(target, compress)
+        return
     tmp = target.with_name(f".{target.name}.{os.getpid()}.link")  # several ranks of a multi-GPU run may convert at once
     tmp.unlink(missing_ok=True)
     os.symlink(source.resolve(), tmp)

@@ -14,6 +14,7 @@ from monai.handlers import CheckpointLoader
 
 from ..errors import CSTMInputError
 from ..io import write_atomic
+from ..networks.weights import check_recorded_network, first_line, read_checkpoint, save_weights, state_dict_of, weights_record
 
 logger = logging.getLogger(__name__)
 
@@ -27,28 +28,15 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine: Any) -> None:
         path = self.load_path
-        self.read(path)
+        checkpoint = read_checkpoint(path)
+        for network in self.load_dict.values():
+            if hasattr(network, "config"):
+                check_recorded_network(network, checkpoint, path)
         try:
             super().__call__(engine)
         except RuntimeError as e:
-            raise CSTMInputError(path, f"does not fit the network ({_first_line(e)})",
+            raise CSTMInputError(path, f"does not fit the network ({first_line(e)})",
                                  "a checkpoint of the configured variant and matching options") from e
-
-    @staticmethod
-    def read(path: str | os.PathLike) -> dict[str, Any]:
-        """``torch.load`` (weights only, on the CPU) with a one-line error for a missing or damaged file."""
-        if not os.path.isfile(path):
-            raise CSTMInputError(path, "checkpoint file not found", "the weights file (--checkpoint PATH)")
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for damaged files
-            raise CSTMInputError(path, f"cannot be read as a checkpoint ({_first_line(e)})",
-                                 "a file saved by the training config") from e
-
-
-def _first_line(error: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_initial_weights(network: torch.nn.Module, checkpoint: str | os.PathLike | None) -> None:
@@ -60,11 +48,12 @@ def load_initial_weights(network: torch.nn.Module, checkpoint: str | os.PathLike
     """
     if checkpoint is None:
         return
-    state = CheckedCheckpointLoader.read(checkpoint)
+    state = read_checkpoint(checkpoint)
+    check_recorded_network(network, state, checkpoint)
     try:
-        network.load_state_dict(state)
+        network.load_state_dict(state_dict_of(state))
     except RuntimeError as e:
-        raise CSTMInputError(checkpoint, f"does not fit the network ({_first_line(e)})",
+        raise CSTMInputError(checkpoint, f"does not fit the network ({first_line(e)})",
                              "a model.pt of the configured variant") from e
     logger.info(f"initial weights from {checkpoint}")
 
@@ -74,16 +63,22 @@ BEST_MODEL = "model.pt"
 
 
 def _save_torch(obj: Any, path: Path) -> Path:
-    """``torch.save`` through a temporary file and a rename: a kill during the save leaves the old file intact."""
+    """``torch.save`` through a temporary file and a rename: a kill during the save leaves the old file intact
+    (ignite's ``Checkpoint`` writes in place, so it is not used for saving)."""
     return write_atomic(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
 
 
 def check_run_folder(output_dir: str | os.PathLike, resume: bool = False) -> None:
-    """Fail before any work if ``output_dir`` holds an earlier run's checkpoints and ``resume`` is off."""
-    earlier = [p for p in (Path(output_dir) / LAST_CHECKPOINT, Path(output_dir) / BEST_MODEL) if p.exists()]
+    """Fail before any work if ``output_dir`` holds an earlier run's checkpoints and ``resume`` is off, or holds a
+    ``model.pt`` but no ``checkpoint_last.pt`` to resume from (a fresh start would overwrite that ``model.pt``)."""
+    last, best = Path(output_dir) / LAST_CHECKPOINT, Path(output_dir) / BEST_MODEL
+    earlier = [p for p in (last, best) if p.exists()]
     if earlier and not resume:
         raise CSTMInputError(earlier[0], "an earlier training run is in this output folder",
                              "--resume true to continue it, or a new --output_dir")
+    if resume and best.exists() and not last.exists():
+        raise CSTMInputError(best, f"there is no {LAST_CHECKPOINT} beside it to resume from, and a new run would "
+                             "overwrite it", f"a new --output_dir (with --init_checkpoint {best} to start from it)")
     if resume and not earlier:
         logger.warning(f"--resume true, but {output_dir} holds no {LAST_CHECKPOINT}: training from the start")
 
@@ -106,10 +101,12 @@ class ResumableCheckpoint:
         evaluator: the validation engine whose ``best_metric`` decides ``model.pt``; None saves no ``model.pt``.
         resume: restore ``checkpoint_last.pt`` if there is one (``--resume true``).
         save: write the checkpoints; False on all but one process of a multi-GPU run (every process still resumes).
+        record: keywords of :func:`~scripts.networks.weights_record` (variant, ROI, recipe, params) that ``model.pt``
+            carries beside the weights, so that inference rebuilds the same network.
     """
 
     def __init__(self, output_dir: str | os.PathLike, save_dict: dict[str, Any], evaluator: Any = None,
-                 resume: bool = False, save: bool = True):
+                 resume: bool = False, save: bool = True, record: dict[str, Any] | None = None):
         if "model" not in save_dict:
             raise ValueError(f"save_dict must hold 'model', got keys {sorted(save_dict)}.")
         self.output_dir = Path(output_dir)
@@ -117,6 +114,7 @@ class ResumableCheckpoint:
         self.evaluator = evaluator
         self.resume = resume
         self.save = save
+        self.record = dict(record or {})
         self.last_path = self.output_dir / LAST_CHECKPOINT
         self.best_path = self.output_dir / BEST_MODEL
 
@@ -131,12 +129,12 @@ class ResumableCheckpoint:
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_best)
 
     def load(self, trainer: Engine) -> None:
-        checkpoint = CheckedCheckpointLoader.read(self.last_path)
+        checkpoint = read_checkpoint(self.last_path)
         max_epochs = trainer.state.max_epochs
         try:
             Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
         except (KeyError, RuntimeError, ValueError) as e:
-            raise CSTMInputError(self.last_path, f"does not fit this training config ({_first_line(e)})",
+            raise CSTMInputError(self.last_path, f"does not fit this training config ({first_line(e)})",
                                  "a checkpoint of the same network and optimizer") from e
         if trainer.state.epoch >= max_epochs:
             raise CSTMInputError(self.last_path, f"the run already finished its {trainer.state.epoch} epochs",
@@ -155,6 +153,7 @@ class ResumableCheckpoint:
 
     def save_best(self, evaluator: Engine) -> None:
         if evaluator.state.best_metric_epoch == evaluator.state.epoch:
-            _save_torch(self.save_dict["model"].state_dict(), self.best_path)
+            network = self.save_dict["model"]
+            save_weights(network, self.best_path, weights_record(network, **self.record))
             evaluator.logger.info(f"best {evaluator.state.key_metric_name} {evaluator.state.best_metric:.4f} "
                                   f"at epoch {evaluator.state.epoch}: {self.best_path}")

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from monai.data import DistributedSampler
 from monai.engines import IterationEvents, SupervisedTrainer
-from monai.handlers import EarlyStopHandler
+from monai.handlers import EarlyStopHandler, ValidationHandler
 from monai.utils import CommonKeys
 from torch import Tensor, nn
 
 from ..networks.cstm import CSTM, stack_memory
+from .checkpoint import BEST_MODEL, ResumableCheckpoint, check_run_folder, load_initial_weights
+from .tracking import configure_tracking
 
+
+logger = logging.getLogger(__name__)
 
 def propagate_triplet(network: CSTM, frames: Tensor, first_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Predict frame 2 from frame 1, then frame 3 from frames 1 and 2 (frame 2 with its predicted probabilities).
@@ -20,14 +29,20 @@ def propagate_triplet(network: CSTM, frames: Tensor, first_mask: Tensor) -> tupl
     Args:
         network: the CSTM network.
         frames: (B, 3, 1, H, W) images.
-        first_mask: (B, H, W) integer labels of frame 1.
+        first_mask: (B, H, W) integer labels of frame 1, all in [0, O): a memory frame is fully labelled.
     Returns:
         logits of frames 2 and 3, each (B, O, H, W).
+    Raises:
+        ValueError: ``first_mask`` holds a value outside [0, O) (e.g. the unlabelled 255 of a partial label).
     """
     b = frames.shape[0]
+    low, high = torch.aminmax(first_mask)
+    if low < 0 or high >= network.num_classes:
+        raise ValueError(f"memory mask values must lie in [0, {network.num_classes}) (a memory frame is fully "
+                         f"labelled), got {sorted(set(torch.unique(first_mask).tolist()))}.")
     keys = network.encode_key(frames.flatten(0, 1))  # (B*3, ...) per field
     key1, key2, key3 = (type(keys)(*(t.unflatten(0, (b, 3))[:, i] for t in keys)) for i in range(3))
-    onehot = F.one_hot(first_mask.long().clamp(max=network.num_classes - 1), network.num_classes)
+    onehot = F.one_hot(first_mask.long(), network.num_classes)
     value1 = network.encode_value(frames[:, 0], onehot.permute(0, 3, 1, 2).float(), key1)
     logits2 = network.segment(key2, stack_memory([key1], [value1]))
     value2 = network.encode_value(frames[:, 1], logits2.softmax(1), key2)
@@ -114,3 +129,50 @@ def attach_early_stop(evaluator: Any, trainer: Any, patience: int = 0, min_delta
         return
     EarlyStopHandler(patience=patience, score_function=lambda e: e.state.metrics[e.state.key_metric_name],
                      trainer=trainer, min_delta=min_delta).attach(evaluator)
+
+
+def run_training(trainer: Any, evaluator: Any, checkpoint: ResumableCheckpoint, output_dir: str, resume: bool = False,
+                 init_checkpoint: str | None = None, early_stop_patience: int = 0, handlers: Sequence[Any] = (),
+                 tracking_params: dict[str, Any] | None = None) -> None:
+    """The ``training`` run of ``train.json``, in order: refuse to overwrite an earlier run (:func:`check_run_folder`),
+    load ``--init_checkpoint``, attach resuming and checkpointing, early stopping and the ``--tracking`` parameters,
+    then train.
+
+    Args:
+        trainer: the :class:`CSTMTrainer` (``@train#trainer``; its ``network`` may be DDP-wrapped).
+        evaluator: the validation engine (``@validate#evaluator``).
+        checkpoint: the run's :class:`~.checkpoint.ResumableCheckpoint` (``@train#checkpoint``).
+        output_dir: the run folder.
+        resume: ``--resume``.
+        init_checkpoint: weights to start from (fine-tuning), or None.
+        early_stop_patience: validations without a better key metric before stopping (0: never).
+        handlers: the trainer's handlers (``@train#handlers``), where ``--tracking mlflow`` adds its own.
+        tracking_params: config knobs that ``--tracking mlflow`` logs as parameters.
+    """
+    check_run_folder(output_dir, resume)
+    load_initial_weights(checkpoint.save_dict["model"], init_checkpoint)
+    checkpoint.attach(trainer)
+    attach_early_stop(evaluator, trainer, early_stop_patience)
+    configure_tracking(handlers, tracking_params or {}, [os.path.join(output_dir, BEST_MODEL)])
+    trainer.run()
+
+
+def rank_handlers(handlers: Sequence[Any], is_rank0: bool) -> list[Any]:
+    """The training handlers of one process of a multi-GPU run: all of them on rank 0; on the other ranks only the
+    ``ValidationHandler`` (validation is sharded across ranks, its metrics gathered), so that only rank 0 logs and
+    tracks. Picked by type, so adding a handler to ``train#handlers`` does not shift what the ranks run."""
+    return list(handlers) if is_rank0 else [h for h in handlers if isinstance(h, ValidationHandler)]
+
+
+def validation_sampler(dataset: Sized) -> DistributedSampler | None:
+    """Each rank of a multi-GPU run validates its share of the studies, not padded (``even_divisible=False``), so
+    every study is scored once and MONAI's metrics gather the shares. With fewer studies than ranks a rank would have
+    none (an ignite engine cannot run on no data): then every rank validates all of them (same metrics), and says so.
+    """
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return None
+    if len(dataset) < world:
+        logger.warning(f"{len(dataset)} validation studies for {world} ranks: every rank validates all of them")
+        return None
+    return DistributedSampler(dataset, even_divisible=False, shuffle=False)

@@ -27,9 +27,9 @@ from monai.inferers import Inferer
 
 from ..data.readers import read_info
 from ..data.transforms import UNLABELLED
-from ..engines.checkpoint import CheckedCheckpointLoader
 from ..errors import CSTMInputError
 from ..io import save_json, write_atomic
+from ..networks.weights import build_cstm_from_checkpoint, read_checkpoint, state_dict_of
 from .cardiac import study_affine, to_numpy
 from .segmentation import CLASS_NAMES, METRICS, REGIONS, mean_scores, score_phase
 from .timing import StudyTimer
@@ -261,23 +261,28 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def load_models(networks: Mapping[str, torch.nn.Module], checkpoints: Mapping[str, str | os.PathLike],
-                device: torch.device | str = "cpu") -> dict[str, torch.nn.Module]:
-    """Extra models for :class:`EvaluationReport`: each network whose checkpoint file exists, loaded and in eval mode;
-    the others are skipped with a log line (e.g. no dense-matching weights shipped).
+def load_models(checkpoints: Mapping[str, str | os.PathLike | None], device: torch.device | str = "cpu",
+                requested: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, torch.nn.Module]:
+    """Extra models for :class:`EvaluationReport`: each checkpoint file that exists, as the network its record says
+    (:func:`~scripts.networks.build_cstm_from_checkpoint`), loaded and in eval mode; the others are skipped with a
+    log line (e.g. no dense-matching weights shipped).
 
+    Args:
+        checkpoints: name -> ``model.pt`` path (or None).
+        device: where the networks run.
+        requested: name -> arguments that the checkpoint's record must agree with (e.g. ``{"matching_mode": "dense"}``).
     Raises:
-        CSTMInputError: a checkpoint that exists but cannot be loaded into its network.
+        CSTMInputError: a checkpoint that exists but cannot be loaded, or that was trained otherwise than requested.
     """
     out = {}
-    for name, network in networks.items():
-        path = Path(checkpoints[name]) if checkpoints.get(name) else None
+    for name, checkpoint in checkpoints.items():
+        path = Path(checkpoint) if checkpoint else None
         if path is None or not path.is_file():
             logger.info(f"baseline {name!r} skipped: no weights at {path}")
             continue
-        state = CheckedCheckpointLoader.read(path)
+        network = build_cstm_from_checkpoint(path, **dict((requested or {}).get(name) or {}))
         try:
-            network.load_state_dict(state.get("model", state))
+            network.load_state_dict(state_dict_of(read_checkpoint(path)))
         except RuntimeError as e:
             raise CSTMInputError(path, f"cannot load the {name!r} weights ({type(e).__name__})",
                                  "a checkpoint of the same architecture") from e

@@ -98,7 +98,7 @@ def score_phase(pred: np.ndarray, truth: np.ndarray, slices: dict[int, Sequence[
             per_slice = [dice_hd95(p[..., i], t[..., i], spacing[:2]) for i in range(len(zs))]
             counted = [s for i, s in enumerate(per_slice) if p[..., i].any() or t[..., i].any()]
             missed = sum(p[..., i].any() != t[..., i].any() for i in range(len(zs)))
-            dice_3d, hd95_3d = dice_hd95(p, t, spacing)
+            dice_3d, hd95_3d = dice_hd95(*_on_true_slices(p, t, zs), spacing)
             region_rows.append({
                 "region": region, "class": name,
                 "dice_2d": float(np.mean([s[0] for s in counted])) if counted else float("nan"),
@@ -113,6 +113,16 @@ def score_phase(pred: np.ndarray, truth: np.ndarray, slices: dict[int, Sequence[
                          "num_empty": min(r["num_empty"] for r in region_rows),
                          "num_missed": sum(r["num_missed"] for r in region_rows)})
     return rows
+
+
+def _on_true_slices(pred: np.ndarray, truth: np.ndarray, zs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, n) masks of the scored slices ``zs`` placed back at their slice positions (H, W, max - min + 1), the
+    slices in between empty in both, so that 3D distances across a skipped slice keep its gap."""
+    z0 = min(zs)
+    shape = (*pred.shape[:2], max(zs) - z0 + 1)
+    p, t = np.zeros(shape, bool), np.zeros(shape, bool)
+    p[:, :, [z - z0 for z in zs]], t[:, :, [z - z0 for z in zs]] = pred, truth
+    return p, t
 
 
 METRICS = ("dice_2d", "hd95_2d", "dice_3d", "hd95_3d")

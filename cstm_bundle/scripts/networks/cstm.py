@@ -82,16 +82,26 @@ class CSTM(nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}.")
         self.num_classes = num_classes
+        self.config = dict(
+            num_classes=num_classes, key_block=key_block, key_layers=list(key_layers), key_widths=list(key_widths),
+            value_block=value_block, value_layers=list(value_layers), value_widths=list(value_widths),
+            key_channels=key_channels, value_channels=list(value_channels), decoder_channels=list(decoder_channels),
+            matching_mode=matching_mode, patch_size=patch_size, top_k=top_k, matching_strides=list(matching_strides),
+        )
+        """Every argument, as :func:`~.weights.save_weights` records it: ``CSTM(**config)`` rebuilds the network."""
+        self.matcher = PatchMemoryMatcher(matching_mode, patch_size, top_k, tuple(matching_strides))
+        use16, use8 = 16 in self.matcher.strides, 8 in self.matcher.strides
+        # only the modules that the read strides use: DDP (find_unused_parameters=False) needs a gradient for each
         self.key_encoder = ResNetEncoder(1, key_block, tuple(key_layers), tuple(key_widths))
-        self.value_encoder = ResNetEncoder(1 + num_classes, value_block, tuple(value_layers), tuple(value_widths))
+        self.value_encoder = ResNetEncoder(1 + num_classes, value_block, tuple(value_layers), tuple(value_widths),
+                                           with_stride16=use16)
         kc4, kc8, kc16 = self.key_encoder.channels
         _, vc8, vc16 = self.value_encoder.channels
-        self.key_proj16 = nn.Conv2d(kc16, key_channels, 3, padding=1)
-        self.key_proj8 = nn.Conv2d(kc8, key_channels, 3, padding=1)
-        self.value_fuse16 = FeatureFusionBlock(vc16 + kc16, value_channels[0])
-        self.value_fuse8 = FeatureFusionBlock(vc8 + kc8, value_channels[1])
-        self.matcher = PatchMemoryMatcher(matching_mode, patch_size, top_k, tuple(matching_strides))
-        readout_channels = tuple(value_channels[i] if s in self.matcher.strides else 0 for i, s in enumerate((16, 8)))
+        self.key_proj16 = nn.Conv2d(kc16, key_channels, 3, padding=1) if use16 else None
+        self.key_proj8 = nn.Conv2d(kc8, key_channels, 3, padding=1) if use8 else None
+        self.value_fuse16 = FeatureFusionBlock(vc16 + kc16, value_channels[0]) if use16 else None
+        self.value_fuse8 = FeatureFusionBlock(vc8 + kc8, value_channels[1]) if use8 else None
+        readout_channels = (value_channels[0] if use16 else 0, value_channels[1] if use8 else 0)
         self.decoder = Decoder((kc4, kc8, kc16), readout_channels, tuple(decoder_channels), num_classes)
 
     @property
@@ -115,7 +125,8 @@ class CSTM(nn.Module):
         """
         self._check_image(image)
         feat = self.key_encoder(image)
-        return KeyFeatures(self.key_proj16(feat.feat16), self.key_proj8(feat.feat8), feat.feat16, feat.feat8, feat.feat4)
+        return KeyFeatures(_project(self.key_proj16, feat.feat16), _project(self.key_proj8, feat.feat8), feat.feat16,
+                           feat.feat8, feat.feat4)
 
     def encode_value(self, image: Tensor, mask: Tensor, key: KeyFeatures) -> ValueFeatures:
         """Value encoder on image + class probabilities, fused with the frame's key-encoder features (STCN).
@@ -129,10 +140,7 @@ class CSTM(nn.Module):
             raise ValueError(f"expected mask (B, {self.num_classes}, H, W) for image {tuple(image.shape)}, "
                              f"got {tuple(mask.shape)}.")
         feat = self.value_encoder(torch.cat([image, mask.to(image.dtype)], 1))
-        return ValueFeatures(
-            self.value_fuse16(torch.cat([feat.feat16, key.feat16], 1)),
-            self.value_fuse8(torch.cat([feat.feat8, key.feat8], 1)),
-        )
+        return ValueFeatures(_fuse(self.value_fuse16, feat.feat16, key.feat16), _fuse(self.value_fuse8, feat.feat8, key.feat8))
 
     def segment(self, query: KeyFeatures, memory: Memory) -> Tensor:
         """Read the memory for the query frames and decode their logits.
@@ -160,6 +168,16 @@ class CSTM(nn.Module):
         key = self.encode_key(image)
         value = self.encode_value(image, mask, key)
         return self.segment(key, stack_memory([key], [value]))
+
+
+def _project(conv: nn.Module | None, feat: Tensor) -> Tensor:
+    """A key projection, or (B, 0, h, w) at a stride that is not read (the matcher skips it)."""
+    return feat[:, :0] if conv is None else conv(feat)
+
+
+def _fuse(block: nn.Module | None, value_feat: Tensor | None, key_feat: Tensor) -> Tensor:
+    """Value features fused with the key encoder's (STCN), or (B, 0, h, w) at a stride that is not read."""
+    return key_feat[:, :0] if block is None else block(torch.cat([value_feat, key_feat], 1))
 
 
 def stack_memory(keys: list[KeyFeatures], values: list[ValueFeatures]) -> Memory:

@@ -13,7 +13,7 @@ class ResNetFeatures(NamedTuple):
 
     feat4: Tensor
     feat8: Tensor
-    feat16: Tensor
+    feat16: Tensor | None
 
 
 class ResNetEncoder(nn.Module):
@@ -28,6 +28,7 @@ class ResNetEncoder(nn.Module):
         block: residual block type.
         layers: blocks in conv2_x, conv3_x, conv4_x.
         widths: base widths of conv2_x, conv3_x, conv4_x (bottleneck blocks output 4× these).
+        with_stride16: build conv4_x; without it ``feat16`` is None (a value encoder that only stride 8 reads).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class ResNetEncoder(nn.Module):
         block: Literal["basic", "bottleneck"] = "bottleneck",
         layers: tuple[int, int, int] = (3, 4, 6),
         widths: tuple[int, int, int] = (64, 128, 256),
+        with_stride16: bool = True,
     ):
         super().__init__()
         if len(layers) != 3 or len(widths) != 3:
@@ -50,7 +52,8 @@ class ResNetEncoder(nn.Module):
             feed_forward=False,
         )
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.act, resnet.maxpool)  # stride 4
-        self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+        self.layer3 = resnet.layer3 if with_stride16 else None
         expansion = 4 if block == "bottleneck" else 1
         self.channels = tuple(w * expansion for w in widths)
 
@@ -58,7 +61,7 @@ class ResNetEncoder(nn.Module):
         """(B, C_in, H, W), H and W multiples of 16 -> :class:`ResNetFeatures`."""
         feat4 = self.layer1(self.stem(x))
         feat8 = self.layer2(feat4)
-        return ResNetFeatures(feat4, feat8, self.layer3(feat8))
+        return ResNetFeatures(feat4, feat8, None if self.layer3 is None else self.layer3(feat8))
 
     def train(self, mode: bool = True) -> ResNetEncoder:
         """Switch the mode but keep every BatchNorm in eval mode (frozen statistics, as STCN)."""
