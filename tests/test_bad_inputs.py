@@ -271,13 +271,39 @@ def info_slices_out_of_range(tmp: Path) -> Inference:
     return study_with(tmp, info={**INFO, "annotated_slices_ed": [1, 9]})
 
 
-def es_out_of_range_training(tmp: Path) -> Callable[[], object]:
-    """Training/evaluation load the ED and ES labels too (LoadStudyd with_labels)."""
-    write_study(tmp / "study", info={"ed": 0, "es": 5})
+def info_misspelt_key(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "annotated_slice_ed": [1, 2]})
+
+
+def info_negative_phase(tmp: Path) -> Inference:
+    return study_with(tmp, info={"ed": -1, "es": 2})  # never an index from the end
+
+
+def info_empty_slice_list(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "annotated_slices_ed": []})
+
+
+def info_not_utf8(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    (tmp / "data" / "study" / "info.json").write_bytes('{"ed": 0, "es": 2, "note": "gr\xfc\xdfe"}'.encode("latin-1"))
+    return action
+
+
+def training_study(tmp: Path, info: dict) -> Callable[[], object]:
+    write_study(tmp / "study", info=info)
     load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image", channel_dim="no_channel"),
                     LoadStudyd("image", with_labels=True)])
     item = {"image": str(tmp / "study" / "image.nii.gz"), "study": "study", "study_dir": str(tmp / "study")}
     return lambda: load(item)
+
+
+def ed_equals_es_training(tmp: Path) -> Callable[[], object]:
+    return training_study(tmp, {"ed": 2, "es": 2})
+
+
+def es_out_of_range_training(tmp: Path) -> Callable[[], object]:
+    """Training/evaluation load the ED and ES labels too (LoadStudyd with_labels)."""
+    return training_study(tmp, {"ed": 0, "es": 5})
 
 
 # ---------------------------------------------------------------- builders: network arguments and checkpoint
@@ -397,6 +423,12 @@ CASES = [
     ("info_ed_not_int", info_ed_not_int, "info.json: 'ed' is '0'; expected a 0-based integer phase"),
     ("info_ed_out_of_range", info_ed_out_of_range, "info.json: ed=99 is outside the 5 phases"),
     ("info_slices_out_of_range", info_slices_out_of_range, "info.json: 'annotated_slices_ed' lists slices [9] outside"),
+    ("info_misspelt_key", info_misspelt_key,
+     "info.json: unknown key 'annotated_slice_ed'; expected 'annotated_slices_ed' (the key this bundle reads)."),
+    ("info_negative_phase", info_negative_phase, "info.json: 'ed' is -1; expected a 0-based integer phase"),
+    ("info_empty_slice_list", info_empty_slice_list, "info.json: 'annotated_slices_ed' is []; expected a non-empty list"),
+    ("info_not_utf8", info_not_utf8, "info.json: is not UTF-8 text"),
+    ("ed_equals_es_training", ed_equals_es_training, "info.json: 'ed' and 'es' are both 2; expected the ED and ES phases"),
     ("es_out_of_range_training", es_out_of_range_training, "info.json: es=5 is outside the 5 phases"),
     ("top_k_above_memory_patches", top_k_above_memory_patches, "top_k must be in [1, 9] (memory patches T*N), got 100"),
     ("top_k_zero", top_k_zero, "--top_k: got 0; expected an integer >= 1"),

@@ -56,9 +56,33 @@ def test_inference_writes_4d_label_maps(phantom_studies: Path, tmp_path: Path) -
         assert set(np.unique(labels)) == {0, 1, 2, 3}
         assert str(out / study.name / "label_4d.nii.gz") in result.stdout  # the user is told where it went
 
-    again = run_bundle("inference", "inference.json", "--dataset_dir", str(phantom_studies), "--output_dir", str(out))
-    assert again.returncode != 0
-    assert "label_4d.nii.gz: output file exists" in again.stdout + again.stderr
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    for flags in ([], ["--overwrite", "false"], ["--overwrite", "False"], ["--overwrite", "0"]):
+        again = run_bundle("inference", "inference.json", "--dataset_dir", str(phantom_studies), "--output_dir",
+                           str(out), *flags)
+        assert again.returncode != 0, flags
+        assert "label_4d.nii.gz: output file exists" in again.stdout + again.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    bad = run_bundle("inference", "inference.json", "--dataset_dir", str(phantom_studies), "--output_dir", str(out),
+                     "--overwrite", "maybe")
+    assert bad.returncode != 0 and "ERROR: --overwrite: got 'maybe'; expected true or false." in bad.stderr
+
+
+def test_boolean_flags_do_what_they_say(phantom_studies: Path, tmp_path: Path) -> None:
+    """``--clinical_outputs false`` writes the label map alone; ``--amp true`` runs (bfloat16 on a CPU);
+    ``--overwrite true`` replaces the earlier result."""
+    study = sorted(p for p in phantom_studies.iterdir() if p.is_dir())[0]
+    out = tmp_path / "out"
+    result = run_bundle("inference", "inference.json", "--dataset_dir", str(study), "--output_dir", str(out),
+                        "--clinical_outputs", "false", "--amp", "true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in (out / study.name).iterdir()) == ["label_4d.nii.gz"]
+    result = run_bundle("inference", "inference.json", "--dataset_dir", str(study), "--output_dir", str(out),
+                        "--overwrite", "true", "--clinical_outputs", "True", "--clinical_pictures", "false",
+                        "--amp", "false")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in (out / study.name).iterdir()) == ["cardiac_function.json", "label_4d.nii.gz",
+                                                                    "volumes.csv"]
 
 
 def test_inference_generates_demo_when_missing(tmp_path: Path) -> None:

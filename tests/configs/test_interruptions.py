@@ -41,9 +41,10 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path: Pa
     assert killed["trainer"]["iteration"] == killed["trainer"]["epoch_length"] == 2  # epoch 1 only: 1 epoch lost
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
 
-    fresh = run_bundle("training", "train.json", *args)  # the earlier run is not overwritten by a new one
-    assert fresh.returncode != 0
-    assert "checkpoint_last.pt: an earlier training run is in this output folder" in fresh.stdout + fresh.stderr
+    for flags in ([], ["--resume", "false"], ["--resume", "False"]):  # the earlier run is not overwritten by a new one
+        fresh = run_bundle("training", "train.json", *args, *flags)
+        assert fresh.returncode != 0, flags
+        assert "checkpoint_last.pt: an earlier training run is in this output folder" in fresh.stdout + fresh.stderr
 
     resumed = run_bundle("training", "train.json", *args, "--resume", "true")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

@@ -139,3 +139,12 @@ def test_uncompressed_nii_sources_are_written_compressed(native: Path, tmp_path:
         got, want = LOAD(item), LOAD(reference)
         torch.testing.assert_close(got["image"].as_tensor(), want["image"].as_tensor())
         torch.testing.assert_close(torch.as_tensor(got["label"]), torch.as_tensor(want["label"]))
+
+
+def test_a_study_left_from_an_earlier_conversion_is_not_listed(native: Path, tmp_path: Path) -> None:
+    dataset = _write_datalist(native, tmp_path / "src")
+    assert len(list_studies(dataset, dataset_layout="datalist", layout_dir=tmp_path / "studies")) == 2
+    items = json.loads(dataset.read_text())["training"]
+    dataset.write_text(json.dumps({"training": items[:1]}))  # the datalist drops a study
+    again = list_studies(dataset, dataset_layout="datalist", layout_dir=tmp_path / "studies")
+    assert [s["study"] for s in again] == [items[0]["study"]]

@@ -98,3 +98,13 @@ def test_convert_spellings() -> None:
                         ("matching_strides", [16, 16]), ("matching_strides", []), ("continuity", None)):
         with pytest.raises(CSTMInputError, match=f"--{name}: got"):
             convert(name, value)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_SETS))
+def test_every_config_builds_its_network_and_inferer(name: str) -> None:
+    parser = ConfigParser(ConfigParser.load_config_files([str(CONFIGS / f) for f in CONFIG_SETS[name]]))
+    parser.update({"bundle_root": str(CONFIGS.parent)})
+    network = parser.get_parsed_content("network_def")
+    inferer = parser.get_parsed_content("validate#inferer" if name.startswith("training") else "inferer")
+    assert network.matcher.mode == "plm" and network.matcher.strides == (16, 8)
+    assert (inferer.roi_size, inferer.spacing) == (192, 0.9) and inferer.roi_size % network.size_multiple == 0

@@ -4,9 +4,48 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor, nn
 
 from scripts.inferers import plan_propagation, propagate_4d
-from scripts.networks import build_cstm
+from scripts.networks import KeyFeatures, Memory, ValueFeatures, build_cstm
+
+
+class FrameIdNetwork(nn.Module):
+    """A stand-in for CSTM whose features are the frame's id: the image of frame (z, t) is the constant 100 z + t, so
+    the memory that :meth:`segment` receives says which frames the memory bank really served (not what the plan
+    asked for)."""
+
+    num_classes = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[tuple[int, int], tuple[tuple[int, int], ...]]] = []
+
+    def encode_key(self, image: Tensor) -> KeyFeatures:
+        ids = image[:, :, :1, :1]  # (B, 1, 1, 1)
+        return KeyFeatures(ids, ids, ids, ids, image)
+
+    def encode_value(self, image: Tensor, mask: Tensor, key: KeyFeatures) -> ValueFeatures:
+        return ValueFeatures(key.key16, key.key8)
+
+    def segment(self, query: KeyFeatures, memory: Memory) -> Tensor:
+        def frame(code: float) -> tuple[int, int]:
+            return divmod(int(round(code)), 100)
+
+        served = memory.value16[:, 0, :, 0, 0].tolist()  # (B, T) ids of the memory frames
+        self.reads += [(frame(q), tuple(frame(m) for m in row)) for q, row in zip(query.key16.flatten().tolist(), served)]
+        return query.feat4.new_zeros(query.feat4.shape[0], self.num_classes, *query.feat4.shape[-2:])
+
+
+@pytest.mark.parametrize("annotated", [(2, 0), (0, 3), (4, 2)])
+def test_every_query_reads_the_planned_frames_from_the_bank(annotated: tuple[int, int]) -> None:
+    z, t = 5, 4
+    plan = plan_propagation(z, t, annotated)
+    image = (100 * torch.arange(z)[:, None] + torch.arange(t)[None]).float().expand(8, 8, z, t)  # (H, W, Z, T)
+    network = FrameIdNetwork()
+    propagate_4d(network, image, torch.zeros(8, 8, dtype=torch.long), plan, annotated, max_batch=3)
+    assert len(network.reads) == z * t - 1
+    assert dict(network.reads) == plan
 
 
 @pytest.fixture(scope="module")

@@ -47,10 +47,11 @@ MNMS_TO_ACDC = np.array([0, 3, 2, 1], dtype=np.uint8)
 
 
 def convert_layout(dataset_dir: str | os.PathLike, dataset_layout: Literal["acdc", "mnms", "datalist"],
-                   layout_dir: str | os.PathLike, info_csv: str | os.PathLike | None = None) -> Path:
+                   layout_dir: str | os.PathLike, info_csv: str | os.PathLike | None = None) -> list[Path]:
     """Write the studies of a dataset in another layout as study folders ``<layout_dir>/<study>/``.
 
-    Re-running replaces the files of each study (so an edited source is picked up); other folders are left alone.
+    Re-running replaces the files of each study (so an edited source is picked up); other folders are left alone,
+    and only the returned folders belong to this conversion (a study that the dataset no longer has is not listed).
 
     Args:
         dataset_dir: the dataset folder (ACDC, M&Ms) or the datalist JSON file.
@@ -58,7 +59,7 @@ def convert_layout(dataset_dir: str | os.PathLike, dataset_layout: Literal["acdc
         layout_dir: where the study folders go.
         info_csv: M&Ms only: the info CSV; None looks for it next to the dataset.
     Returns:
-        ``layout_dir``.
+        the study folders of this dataset, sorted by name.
     Raises:
         CSTMInputError: an unknown layout, a missing file, a bad Info.cfg / CSV row / datalist item.
     """
@@ -77,7 +78,7 @@ def convert_layout(dataset_dir: str | os.PathLike, dataset_layout: Literal["acdc
     for study in studies:
         _write_study(dst / study["study"], study)
     logger.info(f"{len(studies)} {dataset_layout} studies of {src} as study folders in {dst}")
-    return dst
+    return sorted(dst / study["study"] for study in studies)
 
 
 def _write_study(folder: Path, study: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from monai.data.utils import affine_to_spacing
 from scipy import ndimage
 
 from ..errors import CSTMInputError
@@ -342,7 +343,7 @@ def write_phantom_studies(output_dir: str, num_studies: int = 4, seed: int = 0, 
     for i, name in enumerate(names):
         study = make_phantom_study(seed + i, **study_kwargs)
         folder = root / name
-        spacing = np.linalg.norm(study.affine[:3, :3], axis=0).tolist()
+        spacing = affine_to_spacing(study.affine, r=3, suppress_zeros=False).tolist()
         save_nifti(study.image, study.affine, folder / "image.nii.gz", overwrite)
         save_nifti(study.label[..., study.ed], study.affine, folder / "label_ed.nii.gz", overwrite)
         save_nifti(study.label[..., study.es], study.affine, folder / "label_es.nii.gz", overwrite)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import json
 import logging
@@ -72,7 +73,8 @@ def list_studies(
         if layout_dir is None:
             raise CSTMInputError(f"dataset_layout={dataset_layout!r}", "no layout_dir to convert the studies into",
                                  "a writable folder (--layout_dir)")
-        dataset_dir = convert_layout(dataset_dir, dataset_layout, layout_dir, info_csv)  # type: ignore[arg-type]
+        converted = convert_layout(dataset_dir, dataset_layout, layout_dir, info_csv)  # type: ignore[arg-type]
+        dataset_dir = layout_dir
     root = Path(dataset_dir)
     if demo_dir is not None and not root.exists() and root.resolve() == Path(demo_dir).resolve():
         from .phantom import write_phantom_studies
@@ -82,6 +84,8 @@ def list_studies(
     if not root.is_dir():
         raise CSTMInputError(root, "dataset folder does not exist", "a folder of study folders or one study folder")
     folders = [root] if study_image(root) else sorted(p for p in root.iterdir() if study_image(p))
+    if dataset_layout != "study":
+        folders = [p for p in folders if p in converted]  # not the leftovers of an earlier conversion
     if not folders:
         if any((root / name).is_file() for name in STUDY_FILES):
             raise CSTMInputError(root / IMAGE_FILE, "study image not found", "a 4D NIfTI image (H, W, Z, T)")
@@ -249,23 +253,44 @@ def base_first_from_affine(affine: np.ndarray, min_cosine: float = 0.8) -> bool 
     return None if abs(cosine) < min_cosine else cosine > 0
 
 
+INFO_KEYS = ("ed", "es", "annotated_phase", "annotated_slices_ed", "annotated_slices_es", "labels", "labels_ed",
+             "labels_es", "base_first", "height_cm", "weight_kg") + tuple(
+    f"annotated_slices_{phase}_{name}" for phase in ("ed", "es") for name in ("rv", "myo", "lv"))
+"""The ``info.json`` keys the bundle reads. Other keys (a dataset's own notes: ``group``, ``spacing``...) are kept and
+ignored, except one so close to a key of this list that it is taken for a misspelling of it."""
+
+
 def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
-    """``info.json`` of a study, checked for integer ``ed`` / ``es``; an empty dict when the file is absent."""
+    """``info.json`` of a study, checked: a UTF-8 JSON object; ``ed``, ``es``, ``annotated_phase`` 0-based integers,
+    ``annotated_slices_*`` non-empty lists of 0-based integers; no misspelt key (``annotated_slice_ed``).
+    An empty dict when the file is absent. Ranges against the image are checked where the image is known
+    (:class:`~scripts.data.LoadStudyd`).
+
+    Raises:
+        CSTMInputError: naming the file and the key.
+    """
     path = Path(study_dir) / "info.json"
     if not path.is_file():
         return {}
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CSTMInputError(path, f"is not UTF-8 text ({e.reason} at byte {e.start})", "a UTF-8 JSON file") from e
     except (OSError, json.JSONDecodeError) as e:
         raise CSTMInputError(path, f"cannot be read as JSON ({e})", "a JSON object") from e
     if not isinstance(info, dict):
         raise CSTMInputError(path, f"holds a JSON {type(info).__name__}", 'an object such as {"ed": 0, "es": 9}')
+    for key in info.keys() - set(INFO_KEYS):
+        close = difflib.get_close_matches(key, INFO_KEYS, n=1, cutoff=0.85)
+        if close:
+            raise CSTMInputError(path, f"unknown key {key!r}", f"{close[0]!r} (the key this bundle reads)")
     for key in ("ed", "es", "annotated_phase"):
-        if key in info and not _is_int(info[key]):
+        if key in info and not (_is_int(info[key]) and info[key] >= 0):
             raise CSTMInputError(path, f"{key!r} is {info[key]!r}", "a 0-based integer phase")
-    for key in ("annotated_slices_ed", "annotated_slices_es"):
-        if key in info and not (isinstance(info[key], list) and all(_is_int(z) for z in info[key])):
-            raise CSTMInputError(path, f"{key!r} is {info[key]!r}", "a list of 0-based integer slice indices")
+    for key in (k for k in info if k.startswith("annotated_slices_")):
+        value = info[key]
+        if not (isinstance(value, list) and value and all(_is_int(z) and z >= 0 for z in value)):
+            raise CSTMInputError(path, f"{key!r} is {value!r}", "a non-empty list of 0-based integer slice indices")
     return info
 
 

@@ -10,6 +10,7 @@ from typing import Any, Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform, Randomizable
 from scipy.ndimage import distance_transform_edt
 
@@ -103,7 +104,7 @@ class LoadStudyd(MapTransform):
         if arr.min() == arr.max():
             raise CSTMInputError(path, f"image is constant ({arr.min()})", "an image with contrast")
         affine, _ = image_geometry(path)
-        d["image_spacing"] = torch.as_tensor(np.linalg.norm(affine[:3, :2], axis=0), dtype=torch.float32)  # (2,) mm
+        d["image_spacing"] = torch.as_tensor(affine_to_spacing(affine, r=2, suppress_zeros=False), dtype=torch.float32)  # (2,) mm
         info = read_info(d["study_dir"])
         from_affine = base_first_from_affine(affine)
         d["base_first"] = bool(info.get("base_first", True if from_affine is None else from_affine))
@@ -135,7 +136,10 @@ class LoadStudyd(MapTransform):
         names = [n for n in ("ed", "es") if (study / f"label_{n}.nii.gz").is_file() and n in info]
         classes = {n: _drawn_classes(study, info, n) for n in names}
         drawn_somewhere = set().union(*classes.values())
-        spacing = np.linalg.norm(affine[:3, :2], axis=0)
+        spacing = affine_to_spacing(affine, r=2, suppress_zeros=False)
+        if len(names) == 2 and shape[3] > 1 and info["ed"] == info["es"]:
+            raise CSTMInputError(study / "info.json", f"'ed' and 'es' are both {info['ed']}",
+                                 "the ED and ES phases, which differ in a cine of several phases")
         for name in names:
             path = study / f"label_{name}.nii.gz"
             phase = _check_phase(study, info, name, shape[3], path.name)

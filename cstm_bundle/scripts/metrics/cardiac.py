@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy as to_numpy
 
 from ..data.readers import image_geometry, read_info, study_image
 from ..io import save_json, write_atomic
@@ -157,8 +157,3 @@ class CardiacOutputsd(MapTransform):
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} %"
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    """A tensor (any device) or array-like as a numpy array."""
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -23,14 +23,16 @@ from typing import Any, Hashable
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.data.utils import affine_to_spacing
 from monai.inferers import Inferer
+from monai.utils import convert_to_numpy as to_numpy
 
 from ..data.readers import read_info
 from ..data.transforms import UNLABELLED
 from ..errors import CSTMInputError
 from ..io import save_json, write_atomic
 from ..networks.weights import build_cstm_from_checkpoint, read_checkpoint, state_dict_of
-from .cardiac import study_affine, to_numpy
+from .cardiac import study_affine
 from .segmentation import CLASS_NAMES, METRICS, REGIONS, mean_scores, score_phase
 from .timing import StudyTimer
 
@@ -125,7 +127,7 @@ class EvaluationReport:
         for name, network in self.models.items():
             predictions[name] = self._predict(network, d)
         info = read_info(d["study_dir"])
-        spacing = np.linalg.norm(study_affine(d)[:3, :3], axis=0)  # (3,) mm
+        spacing = affine_to_spacing(study_affine(d), r=3, suppress_zeros=False)  # (3,) mm
         t_a, z_a = int(d["annotation_phase"]), int(d["annotation_slice"])
         ed, es = int(d["ed"]), int(d["es"])
         base_first = bool(d["base_first"])
