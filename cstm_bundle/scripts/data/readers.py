@@ -262,7 +262,7 @@ ignored, except one so close to a key of this list that it is taken for a misspe
 
 def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
     """``info.json`` of a study, checked: a UTF-8 JSON object; ``ed``, ``es``, ``annotated_phase`` 0-based integers,
-    ``annotated_slices_*`` non-empty lists of 0-based integers; no misspelt key (``annotated_slice_ed``).
+    ``annotated_slices_ed``/``_es`` non-empty lists of 0-based integers (per-class lists may be empty); no misspelt key (``annotated_slice_ed``).
     An empty dict when the file is absent. Ranges against the image are checked where the image is known
     (:class:`~scripts.data.LoadStudyd`).
 
@@ -288,8 +288,8 @@ def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
         if key in info and not (_is_int(info[key]) and info[key] >= 0):
             raise CSTMInputError(path, f"{key!r} is {info[key]!r}", "a 0-based integer phase")
     for key in (k for k in info if k.startswith("annotated_slices_")):
-        value = info[key]
-        if not (isinstance(value, list) and value and all(_is_int(z) and z >= 0 for z in value)):
+        value, per_class = info[key], key.count("_") == 3  # annotated_slices_ed_myo may be empty: class not drawn
+        if not (isinstance(value, list) and (value or per_class) and all(_is_int(z) and z >= 0 for z in value)):
             raise CSTMInputError(path, f"{key!r} is {value!r}", "a non-empty list of 0-based integer slice indices")
     return info
 
