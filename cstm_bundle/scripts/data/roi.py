@@ -50,7 +50,8 @@ def crop_resize(x: Tensor, box: Box, size: int, mode: str = "bilinear") -> Tenso
 
     Args:
         x: (N, C, H, W).
-        mode: "bilinear" for images, "nearest" for labels.
+        mode: "bilinear" for images (antialiased where the box is shrunk, so fine detail does not alias), "nearest"
+            for labels.
     Returns:
         (N, C, size, size), the dtype of ``x``.
     """
@@ -58,28 +59,33 @@ def crop_resize(x: Tensor, box: Box, size: int, mode: str = "bilinear") -> Tenso
     pad = (max(0, -box.left), max(0, box.left + box.width - w), max(0, -box.top), max(0, box.top + box.height - h))
     crop = F.pad(x, pad)[..., box.top + pad[2]: box.top + pad[2] + box.height,
                          box.left + pad[0]: box.left + pad[0] + box.width]
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    kwargs = {"align_corners": False, "antialias": box.height > size or box.width > size} if mode == "bilinear" else {}
     return F.interpolate(crop.float(), size=(size, size), mode=mode, **kwargs).to(x.dtype)
 
 
 def paste_labels(labels: Tensor, box: Box, image_size: tuple[int, int], num_classes: int) -> Tensor:
-    """Map labels predicted in the ROI back onto the input grid; background outside the ROI.
+    """Map labels predicted in the ROI back onto the input grid (one-hot through :func:`paste_probabilities`)."""
+    return paste_probabilities(F.one_hot(labels.long(), num_classes).movedim(3, 1).float(), box, image_size)
 
-    The labels are one-hot encoded, resampled to the box size (area averaging when shrinking, bilinear when
-    enlarging) and arg-maxed, so class boundaries land where the probabilities cross rather than on the ROI's pixel grid.
+
+def paste_probabilities(probabilities: Tensor, box: Box, image_size: tuple[int, int]) -> Tensor:
+    """Map class probabilities predicted in the ROI back onto the input grid as labels; background outside the ROI.
+
+    The probabilities are resampled to the box size (area averaging when shrinking, bilinear when enlarging) and
+    arg-maxed there, so class boundaries land where the probabilities cross on the input grid rather than on the
+    ROI's pixel grid.
 
     Args:
-        labels: (N, size, size) integer labels in the ROI.
+        probabilities: (N, O, size, size) in the ROI.
         box: the ROI in input pixels.
         image_size: (H, W) of the input.
     Returns:
         (N, H, W) uint8 labels.
     """
-    onehot = F.one_hot(labels.long(), num_classes).movedim(3, 1).float()  # (N, O, size, size)
-    shrink = box.height <= labels.shape[-2] and box.width <= labels.shape[-1]
+    shrink = box.height <= probabilities.shape[-2] and box.width <= probabilities.shape[-1]
     mode, kwargs = ("area", {}) if shrink else ("bilinear", {"align_corners": False})
-    resized = F.interpolate(onehot, size=(box.height, box.width), mode=mode, **kwargs).argmax(1)  # (N, h, w)
-    out = torch.zeros((labels.shape[0], *image_size), dtype=torch.uint8, device=labels.device)
+    resized = F.interpolate(probabilities.float(), size=(box.height, box.width), mode=mode, **kwargs).argmax(1)
+    out = torch.zeros((probabilities.shape[0], *image_size), dtype=torch.uint8, device=probabilities.device)
     top, left = max(box.top, 0), max(box.left, 0)
     bottom, right = min(box.top + box.height, image_size[0]), min(box.left + box.width, image_size[1])
     out[:, top:bottom, left:right] = resized[:, top - box.top: bottom - box.top, left - box.left: right - box.left].to(torch.uint8)

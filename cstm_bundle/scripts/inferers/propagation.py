@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from torch import Tensor
 
-from ..data.roi import crop_resize, foreground_center, heart_box, paste_labels
+from ..data.roi import crop_resize, foreground_center, heart_box, paste_probabilities
 from ..networks.cstm import CSTM
 from .memory import MemoryBank
 from .schedule import Continuity, Frame, Plan, dependency_levels, plan_propagation
@@ -51,6 +51,7 @@ def propagate_4d(
     amp: bool = False,
     progress: bool = False,
     trace: list[tuple[int, Frame, tuple[Frame, ...]]] | None = None,
+    probabilities: Tensor | None = None,
 ) -> Tensor:
     """Segment every frame of one study by executing ``plan`` with ``network``.
 
@@ -68,6 +69,8 @@ def propagate_4d(
         amp: autocast the network (float16 on CUDA, bfloat16 on CPU).
         progress: log one line per propagation level.
         trace: if given, receives one (level, query frame, memory frames read) per prediction, in execution order.
+        probabilities: if given, a (Z, T, O, H, W) tensor that receives every frame's class probabilities (one-hot
+            for the annotation), e.g. float16 to map them back from the heart ROI.
     Returns:
         labels (H, W, Z, T), uint8.
     """
@@ -75,6 +78,8 @@ def propagate_4d(
     frames = image.permute(2, 3, 0, 1).unsqueeze(2)  # (Z, T, 1, H, W)
     labels = torch.zeros(image.shape, dtype=torch.uint8, device=device)  # (H, W, Z, T)
     labels[..., annotated[0], annotated[1]] = annotation.to(torch.uint8)
+    if probabilities is not None:
+        probabilities[annotated] = F.one_hot(annotation.long(), network.num_classes).permute(2, 0, 1)
     bank = MemoryBank(plan)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
@@ -92,7 +97,7 @@ def propagate_4d(
                 group = list(group)
                 for b in range(0, len(group), max_batch):
                     batch = group[b: b + max_batch]
-                    _predict_within_memory(network, batch, plan, bank, frames, labels)
+                    _predict_within_memory(network, batch, plan, bank, frames, labels, probabilities)
                     if trace is not None:
                         trace.extend((i, f, plan[f]) for f in batch)
             if progress:
@@ -101,8 +106,10 @@ def propagate_4d(
     return labels
 
 
-def _predict(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, frames: Tensor, labels: Tensor) -> None:
-    """Predict one batch of query frames, store their labels, and add those that later queries read to ``bank``.
+def _predict(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, frames: Tensor, labels: Tensor,
+             probabilities: Tensor | None = None) -> None:
+    """Predict one batch of query frames, store their labels (and probabilities), and add those that later queries
+    read to ``bank``.
 
     All network calls come before the first change to ``labels`` or ``bank``, so a call that runs out of memory
     leaves both untouched and the batch can be retried in parts.
@@ -117,23 +124,25 @@ def _predict(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, fr
         kept_key = type(key)(*(t[keep] for t in key))
         value = network.encode_value(imgs[keep], probs[keep], kept_key)
     labels[:, :, zs, ts] = probs.argmax(1).to(torch.uint8).permute(1, 2, 0)  # (H, W, B)
+    if probabilities is not None:
+        probabilities[zs, ts] = probs.to(probabilities.dtype)
     bank.release(memories)
     if keep:
         bank.add([batch[i] for i in keep], kept_key.key16, kept_key.key8, *value)
 
 
 def _predict_within_memory(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, frames: Tensor,
-                           labels: Tensor) -> None:
+                           labels: Tensor, probabilities: Tensor | None = None) -> None:
     """:func:`_predict`, splitting the batch in halves for as long as CUDA runs out of memory."""
     try:
-        _predict(network, batch, plan, bank, frames, labels)
+        _predict(network, batch, plan, bank, frames, labels, probabilities)
     except torch.cuda.OutOfMemoryError:
         if len(batch) == 1:
             raise
         torch.cuda.empty_cache()
         logger.warning(f"CUDA out of memory with {len(batch)} frames per call; retrying with {len(batch) // 2}")
         for part in (batch[: len(batch) // 2], batch[len(batch) // 2:]):
-            _predict_within_memory(network, part, plan, bank, frames, labels)
+            _predict_within_memory(network, part, plan, bank, frames, labels, probabilities)
 
 
 def annotated_frame(labels: Tensor) -> tuple[Tensor, int, int]:
@@ -260,13 +269,14 @@ class Propagation4DInferer(Inferer):
                                 self.roi_size, self.spacing)
                 frames = crop_resize(image, box, self.roi_size)  # (Z, T, S, S)
                 ann_in = crop_resize(ann[None, None], box, self.roi_size, "nearest")[0, 0]  # (S, S)
+            probs = None if self.roi_size is None else frames.new_zeros(
+                (*frames.shape[:2], network.num_classes, *frames.shape[2:]), dtype=torch.float16)  # (Z, T, O, S, S)
             labels = propagate_4d(network, frames.permute(2, 3, 0, 1), ann_in, plan, annotated, self.max_batch,
-                                  self.amp, self.progress).permute(2, 3, 0, 1)  # (Z, T, S, S)
-            if self.roi_size is None:
+                                  self.amp, self.progress, probabilities=probs).permute(2, 3, 0, 1)  # (Z, T, S, S)
+            if probs is None:
                 labels = crop_padding(labels, pad)
-            else:
-                labels = torch.stack([paste_labels(per_slice, box, image.shape[-2:], network.num_classes)
-                                      for per_slice in labels])  # (Z, T, H, W), one slice at a time bounds memory
+            else:  # back onto the input grid from the probabilities, one slice at a time (bounds memory)
+                labels = torch.stack([paste_probabilities(per_slice, box, image.shape[-2:]) for per_slice in probs])
             labels[annotated] = ann.to(labels)  # the annotated frame is given, not predicted
             out.append(labels.permute(2, 3, 0, 1))  # (H, W, Z, T)
         return torch.stack(out)[:, None]
