@@ -135,6 +135,41 @@ def image_nan(tmp: Path) -> Inference:
     return study_with(tmp, image=image)
 
 
+def with_image_header(tmp: Path, affine: np.ndarray | None = None, units: str | None = None,
+                      image: np.ndarray | None = None) -> Inference:
+    """A study whose image has the given affine, NIfTI spatial unit or pixel array."""
+    action = study_with(tmp)
+    path = tmp / "data" / "study" / "image.nii.gz"
+    img = nib.Nifti1Image(heart_image() if image is None else image, np.eye(4))
+    if affine is not None:  # as the sform (a qform cannot hold a zero spacing)
+        img.set_qform(None, code=0)
+        img.set_sform(affine, code=1)
+    if units:
+        img.header.set_xyzt_units(units)
+    nib.save(img, str(path))
+    return action
+
+
+def image_zero_spacing(tmp: Path) -> Inference:
+    return with_image_header(tmp, affine=np.diag([1.0, 1.0, 0.0, 1.0]))
+
+
+def image_in_metres(tmp: Path) -> Inference:
+    return with_image_header(tmp, units="meter")
+
+
+def image_spacing_in_metres(tmp: Path) -> Inference:
+    return with_image_header(tmp, affine=np.diag([0.0014, 0.0014, 0.008, 1.0]))  # mm values written as metres
+
+
+def image_slice_axis_second(tmp: Path) -> Inference:
+    return with_image_header(tmp, affine=np.diag([1.4, 5.0, 1.4, 1.0]))  # (H, Z, W, T): slices along the 2nd axis
+
+
+def image_complex(tmp: Path) -> Inference:
+    return with_image_header(tmp, image=heart_image().astype(np.complex64))
+
+
 def image_inf(tmp: Path) -> Inference:
     image = heart_image()
     image[3, 4, 1, 2] = np.inf
@@ -400,6 +435,12 @@ CASES = [
     ("image_3d", image_3d, "image.nii.gz: image has shape (32, 32, 4); expected a 4D image"),
     ("image_5d", image_5d, "image.nii.gz: image has shape (32, 32, 4, 5, 2); expected a 4D image"),
     ("image_nan", image_nan, "image.nii.gz: image contains NaN or Inf values"),
+    ("image_zero_spacing", image_zero_spacing, "image.nii.gz: voxel spacing [1.0, 1.0, 0.0] mm (affine not invertible)"),
+    ("image_in_metres", image_in_metres, "image.nii.gz: spatial unit is 'meter' (NIfTI xyzt_units); expected mm"),
+    ("image_spacing_in_metres", image_spacing_in_metres, "image.nii.gz: in-plane spacing 0.0014 x 0.0014 mm"),
+    ("image_slice_axis_second", image_slice_axis_second,
+     "image.nii.gz: in-plane spacing 1.4 x 5 mm: the slice axis seems not to be the third"),
+    ("image_complex", image_complex, "image.nii.gz: pixels of type complex64 (complex or RGB)"),
     ("image_inf", image_inf, "image.nii.gz: image contains NaN or Inf values"),
     ("image_constant", image_constant, "image.nii.gz: image is constant (7.0)"),
     ("image_truncated", image_truncated, "image.nii.gz: file is truncated"),

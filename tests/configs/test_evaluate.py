@@ -99,6 +99,7 @@ def test_shipped_weights_beat_copy_ed_and_dense_runs_on_held_out_acdc(tmp_path: 
     assert set(es) == {"model", "copy_ed", "dense"}
     print("\nES whole-heart 2D Dice, LV/Myo/RV/mean: " + "; ".join(
         f"{method} " + "/".join(f"{es[method][c]['dice_2d']:.3f}" for c in ("LV", "Myo", "RV", "mean")) for method in es))
-    assert es["model"]["mean"]["dice_2d"] > es["copy_ed"]["mean"]["dice_2d"] + 0.03
-    assert es["model"]["mean"]["hd95_2d"] < es["copy_ed"]["mean"]["hd95_2d"]
-    assert es["dense"]["mean"]["dice_2d"] > es["copy_ed"]["mean"]["dice_2d"]
+    # measured (0.4.0): model 0.877 (HD95 4.71 mm), dense 0.880 (4.12), copy-ED 0.812 (9.15): bounds near them
+    assert es["model"]["mean"]["dice_2d"] > max(0.865, es["copy_ed"]["mean"]["dice_2d"] + 0.05)
+    assert es["model"]["mean"]["hd95_2d"] < min(5.5, es["copy_ed"]["mean"]["hd95_2d"] - 3.0)
+    assert es["dense"]["mean"]["dice_2d"] > max(0.865, es["copy_ed"]["mean"]["dice_2d"] + 0.05)

@@ -201,11 +201,48 @@ def check_image_file(path: str | os.PathLike) -> tuple[int, ...]:
         raise CSTMInputError(path, f"cannot be read as NIfTI ({_reason(e, path)})", "a .nii.gz image file") from e
     if len(shape) != 4:
         raise CSTMInputError(path, f"image has shape {shape}", "a 4D image (H, W, Z, T)")
+    check_geometry(path, img.affine, img.header, np.dtype(proxy.dtype))
     size = _data_size(path, expected)
     if size < expected:
         raise CSTMInputError(path, f"file is truncated ({size} of {expected} bytes of header and data)",
                              "a complete NIfTI file (copy it again)")
     return shape
+
+
+IN_PLANE_MM = (0.2, 5.0)
+"""In-plane pixel spacing of a cine MRI, in mm (clinical scans: 0.6-2.5 mm); outside it the units or axes are wrong."""
+MAX_IN_PLANE_RATIO = 2.0
+"""Cine MRI pixels are (nearly) square; rows and columns differing more than this mean swapped axes."""
+
+
+def check_geometry(path: str | os.PathLike, affine: np.ndarray, header: Any, dtype: np.dtype) -> None:
+    """Refuse, before any work, an image whose geometry or pixels would give a silently wrong result.
+
+    - complex or RGB pixels (one real intensity per voxel is expected);
+    - spatial units other than mm (``unknown`` is read as mm, as NIfTI writers that set no unit mean it);
+    - a zero or non-finite spacing or an affine that cannot be inverted (the label map could not be saved on it);
+    - in-plane spacing outside :data:`IN_PLANE_MM`, or rows and columns of very different spacing, which is what a
+      volume whose slice axis is not the third (an (H, Z, W, T) reorientation) looks like.
+
+    Raises:
+        CSTMInputError: naming the file and the problem.
+    """
+    if dtype.kind == "c" or dtype.fields is not None or dtype.kind not in "biuf":
+        raise CSTMInputError(path, f"pixels of type {dtype} (complex or RGB)", "one real intensity per voxel")
+    unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "mm"
+    if unit not in ("mm", "unknown"):
+        raise CSTMInputError(path, f"spatial unit is {unit!r} (NIfTI xyzt_units)", "mm (rewrite the file in mm)")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if not (np.isfinite(affine).all() and (spacing > 0).all()) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise CSTMInputError(path, f"voxel spacing {np.round(spacing, 4).tolist()} mm (affine not invertible)",
+                             "a positive, finite spacing on every axis")
+    row, col = spacing[:2]
+    if not (IN_PLANE_MM[0] <= min(row, col) and max(row, col) <= IN_PLANE_MM[1]):
+        raise CSTMInputError(path, f"in-plane spacing {row:.3g} x {col:.3g} mm",
+                             f"{IN_PLANE_MM[0]}-{IN_PLANE_MM[1]} mm as a cine MRI has (check the units)")
+    if max(row, col) > MAX_IN_PLANE_RATIO * min(row, col):
+        raise CSTMInputError(path, f"in-plane spacing {row:.3g} x {col:.3g} mm: the slice axis seems not to be the "
+                             "third", "(H, W, Z, T) with short-axis slices along the third axis, square-ish pixels")
 
 
 def _reason(e: Exception, path: str | os.PathLike) -> str:
