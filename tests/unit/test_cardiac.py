@@ -115,3 +115,19 @@ def test_cardiac_outputs_switch_off_and_no_overwrite(study_item: dict, tmp_path:
     assert sorted(p.name for p in (out / "study").iterdir()) == ["cardiac_function.json", "volumes.csv"]
     with pytest.raises(ValueError, match="volumes.csv: output file exists"):
         CardiacOutputsd("pred", out, pictures=False)(study_item)
+
+
+def test_suspect_results_are_flagged() -> None:
+    from scripts.metrics.cardiac import sanity_flags
+
+    labels = np.zeros((4, 4, 1, 4), np.uint8)
+    labels[..., 0] = 3  # LV at one phase only, RV never
+    result = {"lv": {"edv_ml": 0.016, "esv_ml": 0.0, "ef_percent": 100.0}, "rv": {"edv_ml": 0.0, "esv_ml": 0.0,
+                                                                              "ef_percent": None}, "lv_mass_g": 0.0}
+    assert sanity_flags(result, labels) == ["LV EDV 0.0 mL outside 10-600 mL", "LV absent from 3 of 4 phases"]
+    result = {"lv": {"edv_ml": 120.0, "esv_ml": 150.0, "ef_percent": -25.0},
+              "rv": {"edv_ml": 130.0, "esv_ml": 60.0, "ef_percent": 53.8}, "lv_mass_g": 110.0}
+    labels[...] = 3
+    labels[0, 0] = 1
+    labels[0, 1] = 2
+    assert sanity_flags(result, labels) == ["LV EF -25.0 % outside [0, 100] %", "LV ESV 150.0 mL above EDV 120.0 mL"]

@@ -87,11 +87,51 @@ def cardiac_function(labels: np.ndarray, voxel_ml: float, ed: int | None = None,
     return out
 
 
+PLAUSIBLE_ML = {"lv": (10.0, 600.0), "rv": (10.0, 600.0)}
+"""EDV range (mL) of human ventricles, generously: outside it the units, the affine or the segmentation are wrong."""
+PLAUSIBLE_LV_MASS_G = (20.0, 500.0)
+VANISHED_FRACTION = 0.5
+"""A class absent from more than this fraction of the phases, while present at others, is flagged."""
+
+
+def sanity_flags(result: dict[str, Any], labels: np.ndarray) -> list[str]:
+    """What makes a :func:`cardiac_function` result suspect (an empty list when nothing does).
+
+    Flags: an EF outside [0, 100] %, an ESV above the EDV, an EDV or LV mass outside human anatomy
+    (:data:`PLAUSIBLE_ML`, :data:`PLAUSIBLE_LV_MASS_G`), a class present at some phases but absent from most.
+
+    Args:
+        result: from :func:`cardiac_function`.
+        labels: (H, W, Z, T) the label map it was computed from.
+    """
+    flags = []
+    for name in ("lv", "rv"):
+        v = result[name]
+        if v["edv_ml"] == 0:
+            continue  # the structure is not segmented at all (e.g. an annotation without it): no function claimed
+        if v["ef_percent"] is not None and not 0 <= v["ef_percent"] <= 100:
+            flags.append(f"{name.upper()} EF {v['ef_percent']:.1f} % outside [0, 100] %")
+        if v["esv_ml"] > v["edv_ml"]:
+            flags.append(f"{name.upper()} ESV {v['esv_ml']:.1f} mL above EDV {v['edv_ml']:.1f} mL")
+        low, high = PLAUSIBLE_ML[name]
+        if not low <= v["edv_ml"] <= high:
+            flags.append(f"{name.upper()} EDV {v['edv_ml']:.1f} mL outside {low:g}-{high:g} mL")
+    if result["lv_mass_g"] and not PLAUSIBLE_LV_MASS_G[0] <= result["lv_mass_g"] <= PLAUSIBLE_LV_MASS_G[1]:
+        flags.append(f"LV mass {result['lv_mass_g']:.1f} g outside {PLAUSIBLE_LV_MASS_G[0]:g}-"
+                     f"{PLAUSIBLE_LV_MASS_G[1]:g} g")
+    present = np.stack([(labels == c).any(axis=(0, 1, 2)) for c in (RV, MYO, LV)])  # (3, T)
+    for name, row in zip(("RV", "Myo", "LV"), present):
+        if row.any() and (~row).mean() > VANISHED_FRACTION:
+            flags.append(f"{name} absent from {int((~row).sum())} of {row.size} phases")
+    return flags
+
+
 class CardiacOutputsd(MapTransform):
     """Write the clinical outputs of a predicted 4D label map next to it, in ``<output_dir>/<study>/``:
 
     - ``volumes.csv``: phase, LV / RV blood and LV myocardial volume in mL (one row per phase);
-    - ``cardiac_function.json``: :func:`cardiac_function` plus the voxel volume and the study;
+    - ``cardiac_function.json``: :func:`cardiac_function` plus the voxel volume, the study and ``flags``
+      (:func:`sanity_flags`: what makes the numbers suspect, also logged as warnings);
     - with ``pictures``: ``volume_curve.png``, ``montage.png``, ``middle_slice.gif`` (:mod:`.pictures`).
 
     ED / ES: ``phases="info"`` takes ``info.json``'s ``ed`` / ``es`` where given, else the largest / smallest LV volume;
@@ -125,6 +165,7 @@ class CardiacOutputsd(MapTransform):
         voxel_ml = voxel_volume_ml(study_affine(d, self.image_key))
         info = read_info(study_dir) if self.phases == "info" else {}
         result = cardiac_function(labels, voxel_ml, info.get("ed"), info.get("es"))
+        result["flags"] = sanity_flags(result, labels)
         folder = self.output_dir / d["study"]
         written = [self._write_volumes(result, folder / VOLUMES_FILE)]
         written.append(save_json({"study": d["study"], "voxel_volume_ml": voxel_ml,
@@ -138,6 +179,8 @@ class CardiacOutputsd(MapTransform):
         logger.info(f"{d['study']}: LV EDV {lv['edv_ml']:.1f} mL, ESV {lv['esv_ml']:.1f} mL, EF {_pct(lv['ef_percent'])}; "
                     f"RV EDV {rv['edv_ml']:.1f} mL, ESV {rv['esv_ml']:.1f} mL, EF {_pct(rv['ef_percent'])}; "
                     f"LV mass {result['lv_mass_g']:.1f} g (ED t={result['ed_phase']}, ES t={result['es_phase']})")
+        for flag in result["flags"]:
+            logger.warning(f"{d['study']}: SUSPECT RESULT: {flag} (cardiac_function.json 'flags')")
         for path in written:
             logger.info(f"{d['study']}: written {path}")
         return d
