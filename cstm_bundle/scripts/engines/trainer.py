@@ -20,8 +20,8 @@ from ..networks.cstm import CSTM, stack_memory
 from .checkpoint import BEST_MODEL, ResumableCheckpoint, check_run_folder, load_initial_weights
 from .tracking import configure_tracking
 
-
 logger = logging.getLogger(__name__)
+
 
 def propagate_triplet(network: CSTM, frames: Tensor, first_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Predict frame 2 from frame 1, then frame 3 from frames 1 and 2 (frame 2 with its predicted probabilities).
