@@ -148,3 +148,19 @@ def test_a_study_left_from_an_earlier_conversion_is_not_listed(native: Path, tmp
     dataset.write_text(json.dumps({"training": items[:1]}))  # the datalist drops a study
     again = list_studies(dataset, dataset_layout="datalist", layout_dir=tmp_path / "studies")
     assert [s["study"] for s in again] == [items[0]["study"]]
+
+
+def test_skipped_folders_are_reported_and_hidden_ones_ignored(native: Path, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "dataset"
+    shutil.copytree(native, root)
+    first = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    shutil.copytree(first, root / ".snapshot")  # hidden: not a study
+    broken = root / "uncompressed"
+    broken.mkdir()
+    nib.save(nib.load(first / "image.nii.gz"), str(broken / "image.nii"))
+    with caplog.at_level("WARNING"):
+        studies = list_studies(root)
+    assert [s["study"] for s in studies] == [p.name for p in sorted(native.iterdir()) if p.is_dir()]
+    assert "uncompressed: skipped, not a study" in caplog.text and "image.nii" in caplog.text
+    assert ".snapshot" not in caplog.text

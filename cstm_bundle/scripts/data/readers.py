@@ -83,7 +83,10 @@ def list_studies(
         write_phantom_studies(str(root), num_studies=demo_studies, seed=demo_seed)
     if not root.is_dir():
         raise CSTMInputError(root, "dataset folder does not exist", "a folder of study folders or one study folder")
-    folders = [root] if study_image(root) else sorted(p for p in root.iterdir() if study_image(p))
+    folders = [root] if study_image(root) else sorted(p for p in root.iterdir() if study_image(p) and not
+                                                      p.name.startswith("."))
+    if folders != [root]:
+        _report_skipped(root, folders)
     if dataset_layout != "study":
         folders = [p for p in folders if p in converted]  # not the leftovers of an earlier conversion
     if not folders:
@@ -156,6 +159,17 @@ def _check_weight(weight: Any, where: str) -> None:
 def sample_weights(datalist: list[dict[str, Any]]) -> list[float]:
     """The ``sample_weight`` of each study (:func:`mix_datalists`), for ``WeightedRandomSampler``."""
     return [s["sample_weight"] for s in datalist]
+
+
+def _report_skipped(root: Path, studies: list[Path]) -> None:
+    """Log every sub-folder of ``root`` that looks like a study but is not one (never skipped silently); hidden
+    folders (``.git``, ``.cache``) are not studies and are passed over quietly."""
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in studies):
+        files = sorted(f.name for f in folder.iterdir() if f.name.endswith((".nii", ".nii.gz", ".json", ".dcm")))
+        if files:
+            logger.warning(f"{folder}: skipped, not a study: no {IMAGE_FILE} or {DICOM_DIR}/ (it has "
+                           f"{', '.join(files[:4])}{', ...' if len(files) > 4 else ''}; an uncompressed image.nii "
+                           "must be gzipped)")
 
 
 def study_image(study_dir: str | os.PathLike) -> Path | None:
