@@ -129,7 +129,7 @@ class ResumableCheckpoint:
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_best)
 
     def load(self, trainer: Engine) -> None:
-        checkpoint = read_checkpoint(self.last_path)
+        checkpoint = read_checkpoint(self.last_path, cached=False)
         max_epochs = trainer.state.max_epochs
         try:
             Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)

@@ -15,6 +15,7 @@ before 0.4.0, or by other code) records nothing: the architecture must then be g
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -32,17 +33,30 @@ RECORD_KEYS = ("network", "variant", "roi", "training")
 """Keys of a saved ``model.pt`` beside ``"model"``."""
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load`` (weights only, on the CPU) with a one-line error for a missing or damaged file."""
+def read_checkpoint(path: str | os.PathLike, cached: bool = True) -> dict[str, Any]:
+    """``torch.load`` (weights only, on the CPU) with a one-line error for a missing or damaged file.
+
+    The network builder, the ROI lookup and the loaders of one run all read the same ``model.pt``: it is loaded once
+    per file version (path, size, modification time) and shared; callers must not modify what it returns.
+    ``cached=False`` reads it afresh (a training checkpoint whose tensors an optimizer takes over).
+    """
     if not os.path.isfile(path):
         raise CSTMInputError(path, "checkpoint file not found", "the weights file (--checkpoint PATH)")
+    stat = os.stat(path)
+    if not cached:
+        return _load.__wrapped__(os.path.realpath(path), stat.st_size, stat.st_mtime_ns, str(path))
+    return _load(os.path.realpath(path), stat.st_size, stat.st_mtime_ns, str(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(real_path: str, size: int, mtime_ns: int, shown: str) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(real_path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for damaged files
-        raise CSTMInputError(path, f"cannot be read as a checkpoint ({first_line(e)})",
+        raise CSTMInputError(shown, f"cannot be read as a checkpoint ({first_line(e)})",
                              "a file saved by the training config") from e
     if not isinstance(state, dict):
-        raise CSTMInputError(path, f"holds a {type(state).__name__}, not a state dict", "a model.pt of this bundle")
+        raise CSTMInputError(shown, f"holds a {type(state).__name__}, not a state dict", "a model.pt of this bundle")
     return state
 
 
