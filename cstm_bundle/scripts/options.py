@@ -85,7 +85,9 @@ OPTIONS: dict[str, Option] = {
     "learning_rate": Option("float", low=0, positive=True), "grad_clip_norm": Option("float", low=0, positive=True,
                                                                                     optional=True),
     "partial_margin_mm": Option("float", low=0), "flip_prob": Option("float", low=0, high=1),
-    "elastic_prob": Option("float", low=0, high=1), "dataset_weight": Option("float", low=0, positive=True),
+    "elastic_prob": Option("float", low=0, high=1), "static_prob": Option("float", low=0, high=1),
+    "frame_jitter_prob": Option("float", low=0, high=1),
+    "encoder_norm": Option("choice", choices=("group", "frozen_batch")), "dataset_weight": Option("float", low=0, positive=True),
     "dataset_layout": Option("choice", choices=("study", "acdc", "mnms", "datalist")),
 }
 """The typed options of every config, by config id."""

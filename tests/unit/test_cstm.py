@@ -132,7 +132,7 @@ def test_frame_3_logits_depend_on_frame_2_through_memory() -> None:
 
 
 def test_encoder_batchnorm_stays_frozen_in_training_mode() -> None:
-    net = small_net()
+    net = small_net(encoder_norm="frozen_batch")  # the encoders of the 0.4 weights
     with torch.no_grad():  # give the statistics non-default values, so an update cannot go unnoticed
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -127,7 +127,9 @@ def mix_datalists(
         layout_dir: where datasets in another layout are converted (one subfolder each).
         demo_dir, demo_studies: as :func:`list_studies` (an extra dataset may be the phantom demo folder).
     Returns:
-        the studies of all datasets, each dict with "sample_weight" = dataset weight / number of its studies.
+        the studies of all datasets, each dict with "sample_weight" = dataset weight / number of its studies; a main
+        datalist whose studies carry a "sample_weight" already (:func:`~.splits.load_split`, summing to 1) keeps
+        their proportions, scaled by ``weight``.
     Raises:
         CSTMInputError: an extra dataset without "dataset_dir", an unknown key, or a negative weight.
     """
@@ -148,7 +150,8 @@ def mix_datalists(
                                demo_dir=demo_dir, demo_studies=demo_studies)
         sources.append((studies, extra.get("weight", 1.0)))
         logger.info(f"training data: {len(studies)} studies from {extra['dataset_dir']} at weight {sources[-1][1]}")
-    return [{**s, "sample_weight": float(w) / len(studies)} for studies, w in sources for s in studies]
+    return [{**s, "sample_weight": float(w) * s.get("sample_weight", 1.0 / len(studies))}
+            for studies, w in sources for s in studies]
 
 
 def _check_weight(weight: Any, where: str) -> None:

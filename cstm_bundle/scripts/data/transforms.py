@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data.utils import affine_to_spacing
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import MapTransform, Rand2DElasticd, RandAffined, Randomizable
 from scipy.ndimage import distance_transform_edt
 
 from ..errors import CSTMInputError
@@ -173,15 +173,17 @@ def _ambiguous_background(frame: np.ndarray, spacing: np.ndarray, margin_mm: flo
 class RandTripletd(Randomizable, MapTransform):
     """Draw 3-frame training samples from a study (paper §3.4).
 
-    With probability ``temporal_prob`` a sample runs along t on one slice labelled at ED and ES: (ED, ES, ED), or
-    (ES, ED, ES); otherwise along z at one labelled phase: three ordered labelled slices no more than
+    With probability ``static_prob`` a sample is one fully labelled frame three times (static-frame pre-training, STCN:
+    :class:`RandFrameJitterd` then deforms each copy on its own). Otherwise, with probability ``temporal_prob``, a
+    sample runs along t on one slice labelled at ED and ES: (ED, ES, ED), or (ES, ED, ES); else along z at one labelled phase: three ordered labelled slices no more than
     ``max_slice_distance`` apart, base-to-apex or apex-to-base. Frames 2 and 3 are predicted from frame 1 (+ 2), so
     frame 1 is always a fully labelled frame; frames 2 and 3 may be partially labelled (:class:`LoadStudyd`).
 
     Args:
         keys: (image key, label key); the image (1, H, W, Z, T), the label (1, H, W, Z, T) from :class:`LoadStudyd`.
         num_samples: samples per study and call (MONAI flattens the returned list into the batch).
-        temporal_prob: probability of a sample along t.
+        temporal_prob: probability of a sample along t (of the samples that are not static).
+        static_prob: probability of a static sample.
         max_slice_distance: largest z distance between the first and last slice of a sample along z (paper: 5).
     Returns:
         a list of dicts with ``frames`` (3, H, W) float32, ``masks`` (3, H, W) uint8 and the study's ``image_spacing``.
@@ -190,11 +192,12 @@ class RandTripletd(Randomizable, MapTransform):
     """
 
     def __init__(self, keys: KeysCollection = ("image", "label"), num_samples: int = 4, temporal_prob: float = 0.5,
-                 max_slice_distance: int = 5):
+                 max_slice_distance: int = 5, static_prob: float = 0.0):
         MapTransform.__init__(self, keys)
         if max_slice_distance < 2:
             raise ValueError(f"max_slice_distance must be >= 2 to hold 3 slices, got {max_slice_distance}.")
         self.num_samples, self.temporal_prob, self.max_slice_distance = num_samples, temporal_prob, max_slice_distance
+        self.static_prob = static_prob
 
     def randomize(self, data: Any = None) -> None:
         pass
@@ -206,6 +209,9 @@ class RandTripletd(Randomizable, MapTransform):
                 temporal: list[tuple[int, int, int]]) -> tuple[list[int], list[int]]:
         """(slices, phases) of one sample; ``full``/``truth``: phase -> slices fully / at least partly labelled;
         ``temporal``: the (z, a, b) with slice z fully labelled at phase a and labelled at phase b."""
+        if self.static_prob and self.R.rand() < self.static_prob:
+            t = self._pick(sorted(full))
+            return [self._pick(full[t])] * 3, [t] * 3
         if temporal and self.R.rand() < self.temporal_prob:
             z, a, b = self._pick(temporal)
             return [z, z, z], [a, b, a]
@@ -242,6 +248,53 @@ class RandTripletd(Randomizable, MapTransform):
                 "image_spacing": d["image_spacing"],
             })
         return samples
+
+
+class RandFrameJitterd(Randomizable, MapTransform):
+    """Deform each frame of a sample on its own (one draw per frame), on top of the draw the sample's frames share.
+
+    A static sample (:class:`RandTripletd` ``static_prob``) becomes three different views of one frame, as STCN's
+    static-image pre-training; on real triplets a small jitter stands for the motion that the shared draw lacks.
+
+    Args:
+        keys: (frames key, masks key), each (N, H, W).
+        prob: probability that a frame is deformed.
+        rotate_range, scale_range, translate_range: as ``RandAffined`` (radians, fraction, ROI pixels).
+        elastic_magnitude: ``Rand2DElasticd`` magnitude range on a 24-pixel grid; (0, 0) for none.
+    """
+
+    def __init__(self, keys: KeysCollection = ("frames", "masks"), prob: float = 0.5, rotate_range: float = 0.15,
+                 scale_range: float = 0.1, translate_range: float = 6, elastic_magnitude: tuple[float, float] = (0, 2)):
+        MapTransform.__init__(self, keys)
+        self.prob = prob
+        self.affine = RandAffined(keys, prob=1.0, rotate_range=rotate_range, scale_range=scale_range,
+                                  translate_range=translate_range, mode=["bilinear", "nearest"], padding_mode="zeros")
+        self.elastic = Rand2DElasticd(keys, spacing=[24, 24], magnitude_range=elastic_magnitude,
+                                      prob=float(max(elastic_magnitude) > 0), mode=["bilinear", "nearest"],
+                                      padding_mode="zeros")
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandFrameJitterd:
+        super().set_random_state(seed, state)
+        self.affine.set_random_state(state=self.R)
+        self.elastic.set_random_state(state=self.R)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        frames_key, masks_key = self.keys
+        frames, masks = torch.as_tensor(d[frames_key]), torch.as_tensor(d[masks_key])
+        out_frames, out_masks = [], []
+        for i in range(frames.shape[0]):
+            frame = {frames_key: frames[i: i + 1], masks_key: masks[i: i + 1].float()}
+            if self.R.rand() < self.prob:
+                frame = self.elastic(self.affine(frame))
+            out_frames.append(torch.as_tensor(frame[frames_key]))
+            out_masks.append(torch.as_tensor(frame[masks_key]).round().to(masks.dtype))
+        d[frames_key], d[masks_key] = torch.cat(out_frames), torch.cat(out_masks)
+        return d
 
 
 class RandHeartCropd(Randomizable, MapTransform):

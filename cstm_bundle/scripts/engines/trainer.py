@@ -136,7 +136,7 @@ def run_training(trainer: Any, evaluator: Any, checkpoint: ResumableCheckpoint, 
                  tracking_params: dict[str, Any] | None = None) -> None:
     """The ``training`` run of ``train.json``, in order: refuse to overwrite an earlier run (:func:`check_run_folder`),
     load ``--init_checkpoint``, attach resuming and checkpointing, early stopping and the ``--tracking`` parameters,
-    then train.
+    then train (the last epoch is always validated, so that a run ends with a ``model.pt``).
 
     Args:
         trainer: the :class:`CSTMTrainer` (``@train#trainer``; its ``network`` may be DDP-wrapped).
@@ -153,8 +153,20 @@ def run_training(trainer: Any, evaluator: Any, checkpoint: ResumableCheckpoint, 
     load_initial_weights(checkpoint.save_dict["model"], init_checkpoint)
     checkpoint.attach(trainer)
     attach_early_stop(evaluator, trainer, early_stop_patience)
+    attach_final_validation(trainer, handlers)
     configure_tracking(handlers, tracking_params or {}, [os.path.join(output_dir, BEST_MODEL)])
     trainer.run()
+
+
+def attach_final_validation(trainer: Any, handlers: Sequence[Any]) -> None:
+    """Validate after the last epoch when ``--val_interval`` does not divide ``--max_epochs`` (or early stopping
+    ended the run between validations): without it such a run would end with no ``model.pt``."""
+    from ignite.engine import Events
+
+    for handler in handlers:
+        if isinstance(handler, ValidationHandler) and handler.epoch_level:
+            trainer.add_event_handler(
+                Events.COMPLETED, lambda engine, h=handler: engine.state.epoch % h.interval and h(engine))
 
 
 def rank_handlers(handlers: Sequence[Any], is_rank0: bool) -> list[Any]:

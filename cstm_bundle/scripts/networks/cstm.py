@@ -59,6 +59,8 @@ class CSTM(nn.Module):
         patch_size: P at stride 16 (2P at stride 8).
         top_k: K memory patches per query patch.
         matching_strides: strides at which memory is read, a subset of (16, 8).
+        encoder_norm: normalisation of both encoders, "group" or "frozen_batch" (:class:`~.encoders.ResNetEncoder`);
+            the paper's frozen BatchNorm presumes ImageNet weights, which this bundle does not have.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class CSTM(nn.Module):
         patch_size: int = 6,
         top_k: int = 4,
         matching_strides: tuple[int, ...] = (16, 8),
+        encoder_norm: Literal["group", "frozen_batch"] = "group",
     ):
         super().__init__()
         if num_classes < 2:
@@ -87,14 +90,15 @@ class CSTM(nn.Module):
             value_block=value_block, value_layers=list(value_layers), value_widths=list(value_widths),
             key_channels=key_channels, value_channels=list(value_channels), decoder_channels=list(decoder_channels),
             matching_mode=matching_mode, patch_size=patch_size, top_k=top_k, matching_strides=list(matching_strides),
+            encoder_norm=encoder_norm,
         )
         """Every argument, as :func:`~.weights.save_weights` records it: ``CSTM(**config)`` rebuilds the network."""
         self.matcher = PatchMemoryMatcher(matching_mode, patch_size, top_k, tuple(matching_strides))
         use16, use8 = 16 in self.matcher.strides, 8 in self.matcher.strides
         # only the modules that the read strides use: DDP (find_unused_parameters=False) needs a gradient for each
-        self.key_encoder = ResNetEncoder(1, key_block, tuple(key_layers), tuple(key_widths))
+        self.key_encoder = ResNetEncoder(1, key_block, tuple(key_layers), tuple(key_widths), norm=encoder_norm)
         self.value_encoder = ResNetEncoder(1 + num_classes, value_block, tuple(value_layers), tuple(value_widths),
-                                           with_stride16=use16)
+                                           with_stride16=use16, norm=encoder_norm)
         kc4, kc8, kc16 = self.key_encoder.channels
         _, vc8, vc16 = self.value_encoder.channels
         self.key_proj16 = nn.Conv2d(kc16, key_channels, 3, padding=1) if use16 else None

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 RECORD_KEYS = ("network", "variant", "roi", "training")
 """Keys of a saved ``model.pt`` beside ``"model"``."""
+EARLIER_DEFAULTS = {"encoder_norm": "frozen_batch"}
+"""CSTM arguments added after 0.4.0, with the value that every record written before them meant."""
 
 
 def read_checkpoint(path: str | os.PathLike, cached: bool = True) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def build_cstm_from_checkpoint(
                                  f"a model.pt saved by this bundle, or --variant one of {sorted(VARIANTS)}")
         logger.warning(f"{checkpoint}: no recorded configuration; building variant {variant!r} as configured")
         return build_cstm(variant, **requested)
-    recorded = dict(state["network"])
+    recorded = recorded_network(state)
     if variant is not None and state.get("variant") not in (None, variant):
         raise CSTMInputError(checkpoint, f"was trained as variant {state['variant']!r}, not --variant {variant}",
                              "no --variant (it is taken from the checkpoint) or a checkpoint of that variant")
@@ -128,6 +130,11 @@ def build_cstm_from_checkpoint(
     return CSTM(**recorded)
 
 
+def recorded_network(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The CSTM arguments that a checkpoint records, completed with :data:`EARLIER_DEFAULTS` for older records."""
+    return {**EARLIER_DEFAULTS, **checkpoint["network"]}
+
+
 def check_recorded_network(network: CSTM, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
     """Refuse weights whose record says they were trained as another network than ``network`` (matching mode, P, K,
     strides or architecture): the matching has no parameters, so ``load_state_dict`` alone would not notice.
@@ -135,9 +142,9 @@ def check_recorded_network(network: CSTM, checkpoint: dict[str, Any], path: str 
     Raises:
         CSTMInputError: naming the first argument that differs.
     """
-    recorded = checkpoint.get("network")
-    if not recorded:
+    if not checkpoint.get("network"):
         return
+    recorded = recorded_network(checkpoint)
     for name, value in network.config.items():
         if name in recorded and _normalised(recorded[name]) != _normalised(value):
             raise CSTMInputError(path, f"was trained with {name} {recorded[name]!r}, the network here has {value!r}",
