@@ -26,7 +26,7 @@ def test_training_runs_and_checkpoints(tmp_path: Path) -> None:
         "--demo_dir", str(tmp_path / "phantom"), "--demo_studies", "3", "--num_val", "1", "--max_epochs", "2",
         "--val_interval", "2", "--samples_per_study", "2", "--num_workers", "0", "--output_dir", str(out),
         "--extra_train_datasets", f"[{{'dataset_dir': '{extra}', 'weight': 0.5}}]", "--grad_clip_norm", "1.0",
-        "--init_checkpoint", str(BUNDLE / "models" / "model_phantom.pt"), "--flip_prob", "0.5", "--elastic_prob", "0.5",
+        "--init_checkpoint", str(BUNDLE / "models" / "model_phantom.pt"), "--encoder_norm", "frozen_batch", "--flip_prob", "0.5", "--elastic_prob", "0.5",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "initial weights from" in result.stdout + result.stderr
