@@ -159,7 +159,7 @@ def test_ckpt_export_traced_torchscript(tmp_path: Path) -> None:
                          "--key_in_ckpt", "model")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     traced = torch.jit.load(str(exported), map_location="cpu").eval()
-    network = build_cstm("small")
+    network = build_cstm("small", encoder_norm="frozen_batch")  # the shipped 0.4 weights
     network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)["model"])
     network.eval()
     torch.manual_seed(0)

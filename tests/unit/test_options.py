@@ -16,7 +16,7 @@ from scripts.options import OPTIONS, convert
 
 CONFIG_SETS = {"inference": ["inference.json"], "evaluate": EVALUATE, "training": ["train.json"],
                "training_real": ["train.json", "train_real.json"], "training_acdc": ["train.json", "train_acdc.json"],
-               "pretrain_static": ["train.json", "train_acdc.json", "pretrain_static.json"]}
+               "training_static": ["train.json", "train_acdc.json", "pretrain_static.json"]}
 
 
 def _options_of(files: list[str]) -> dict:
