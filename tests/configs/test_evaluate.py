@@ -103,3 +103,25 @@ def test_shipped_weights_beat_copy_ed_and_dense_runs_on_held_out_acdc(tmp_path: 
     assert es["model"]["mean"]["dice_2d"] > max(0.865, es["copy_ed"]["mean"]["dice_2d"] + 0.05)
     assert es["model"]["mean"]["hd95_2d"] < min(5.5, es["copy_ed"]["mean"]["hd95_2d"] - 3.0)
     assert es["dense"]["mean"]["dice_2d"] > max(0.865, es["copy_ed"]["mean"]["dice_2d"] + 0.05)
+
+
+def test_evaluate_on_a_split_reports_each_group(phantom_studies: Path, tmp_path: Path) -> None:
+    """evaluate_acdc.json reads one split of a datalist (as the bundle's datalist_acdc.json) and scores per group."""
+    studies = sorted(p.name for p in phantom_studies.iterdir() if p.is_dir())
+    entry = [{"study_dir": f"{phantom_studies.name}/{s}", "dataset": "phantom", "patient": s, "group": g}
+             for s, g in zip(studies, ("HCM", "NOR"))]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [], "validation": entry[:1], "test": entry}))
+    out = tmp_path / "eval"
+    result = run_bundle("evaluate", [*EVALUATE, "evaluate_acdc.json"], "--datalist_file", str(datalist),
+                        "--data_root", str(phantom_studies.parent), "--split", "test", "--output_dir", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = read_rows(out / "metrics.csv")
+    assert {(r["study"], r["group"]) for r in rows} == {(f"phantom_{s}", g) for s, g in zip(studies, ("HCM", "NOR"))}
+    summary = json.loads((out / "summary.json").read_text())
+    assert {g: b["studies"] for g, b in summary["groups"].items()} == {"HCM": 1, "NOR": 1}
+    hcm = summary["groups"]["HCM"]["metrics"]["model"]["ES"]["whole"]["mean"]["dice_2d"]
+    expected = [float(r["dice_2d"]) for r in rows
+                if r["group"] == "HCM" and (r["method"], r["phase"], r["region"], r["class"]) == ("model", "ES", "whole", "mean")]
+    assert hcm == pytest.approx(expected[0], abs=1e-4)
+    assert "| HCM (1) | ES | copy_ed |" in result.stdout and "| all (2) | ED | model |" in result.stdout

@@ -64,6 +64,31 @@ def test_missing_class_becomes_unlabelled_near_the_drawn_structures(lv_only_at_e
             assert (es[..., z] == UNLABELLED).all()  # nothing drawn: the undrawn class may be anywhere
 
 
+def test_per_class_slice_lists_are_honoured_in_training(tmp_path: Path) -> None:
+    """``annotated_slices_ed_myo`` (Sunnybrook): the myocardium is drawn on the listed ED slices only; on the others
+    its absence is not background (the same rule the evaluation scores by), and the annotation is a slice with it."""
+    write_phantom_studies(str(tmp_path), num_studies=1, seed=7001, image_size=(96, 96), num_slices=6, num_phases=8)
+    study = tmp_path / "phantom_7001"
+    ed_file = nib.load(study / "label_ed.nii.gz")
+    full_ed = np.asarray(ed_file.dataobj)
+    drawn = full_ed.copy()
+    drawn[..., [0, 1, 4, 5]] = np.where(full_ed[..., [0, 1, 4, 5]] == 2, 0, full_ed[..., [0, 1, 4, 5]])
+    nib.save(nib.Nifti1Image(drawn.astype(np.uint8), ed_file.affine), study / "label_ed.nii.gz")
+    info = json.loads((study / "info.json").read_text())
+    (study / "info.json").write_text(json.dumps({**info, "annotated_slices_ed_myo": [2, 3]}))
+    d = load(study)
+    ed = d["label"][0, ..., d["ed"]].numpy()  # (H, W, Z)
+    for z in (2, 3):
+        assert (ed[..., z] == full_ed[..., z]).all()  # every class drawn: as drawn
+    for z in (0, 1, 4, 5):
+        myo = full_ed[..., z] == 2
+        assert myo.any() and (ed[..., z][myo] == UNLABELLED).all()  # undrawn myocardium: out of the loss
+        assert (ed[..., z][full_ed[..., z] == 3] == 3).all()  # the drawn LV stays
+    assert d["annotation_slice"] in (2, 3)  # the annotated frame draws the myocardium too
+    samples = RandTripletd(num_samples=50)(d)
+    assert all(not (s["masks"][0] == UNLABELLED).any() for s in samples)
+
+
 def test_triplets_start_from_fully_labelled_frames_only(lv_only_at_es: tuple) -> None:
     d = load(lv_only_at_es[0])
     draw = RandTripletd(num_samples=200)
@@ -133,14 +158,14 @@ def test_gradient_clipping_bounds_the_update() -> None:
 
 
 def test_initial_weights_load_or_fail_naming_the_file(tmp_path: Path) -> None:
-    source, target = CSTM(**TINY_CSTM), CSTM(**TINY_CSTM)
+    source, target, trainer = CSTM(**TINY_CSTM), CSTM(**TINY_CSTM), Engine(lambda e, b: None)
     torch.save(source.state_dict(), tmp_path / "init.pt")
-    load_initial_weights(target, tmp_path / "init.pt")
+    load_initial_weights(target, tmp_path / "init.pt", trainer)
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
-    load_initial_weights(target, None)  # no checkpoint: nothing happens
+    load_initial_weights(target, None, trainer)  # no checkpoint: nothing happens
     torch.save({"other.weight": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CSTMInputError, match=r"other\.pt: does not fit the network"):
-        load_initial_weights(target, tmp_path / "other.pt")
+        load_initial_weights(target, tmp_path / "other.pt", trainer)
 
 
 @pytest.mark.parametrize("patience, epochs_run", [(0, 6), (2, 3)])

@@ -17,6 +17,7 @@ from scipy.ndimage import distance_transform_edt
 from ..errors import CSTMInputError
 from ..io import save_nifti
 from .readers import IMAGE_FILE, base_first_from_affine, image_geometry, read_info, read_label, study_image
+from .study import annotation_source, label_file, labelled_slices, phase_index, slice_classes
 from .roi import crop_resize, foreground_center, heart_box
 
 logger = logging.getLogger(__name__)
@@ -31,28 +32,6 @@ def _image_path(d: Mapping[Hashable, Any]) -> Path:
     return study_image(d["study_dir"]) or Path(d["study_dir"]) / IMAGE_FILE
 
 
-def _labelled_slices(info: dict[str, Any], key: str, label: np.ndarray, study: Path) -> list[int]:
-    """0-based z listed in ``info[key]``, else every slice."""
-    if key not in info:
-        return list(range(label.shape[2]))
-    outside = [z for z in info[key] if not 0 <= z < label.shape[2]]
-    if outside:
-        raise CSTMInputError(study / "info.json", f"{key!r} lists slices {outside} outside the {label.shape[2]} slices",
-                             f"0-based slice indices in [0, {label.shape[2]})")
-    return sorted(info[key])
-
-
-def _check_phase(study: Path, info: dict[str, Any], key: str, num_phases: int, file: str) -> int:
-    """``info[key]``, checked to be a phase of the image."""
-    if key not in info:
-        raise CSTMInputError(study / "info.json", f"missing {key!r} for {file}", "a 0-based phase index")
-    phase = info[key]
-    if not 0 <= phase < num_phases:
-        raise CSTMInputError(study / "info.json", f"{key}={phase} is outside the {num_phases} phases",
-                             f"0 <= {key} < {num_phases}")
-    return phase
-
-
 class LoadStudyd(MapTransform):
     """Check the loaded image and add the study's annotation (and, optionally, its ED/ES labels as a 4D label map).
 
@@ -61,7 +40,7 @@ class LoadStudyd(MapTransform):
 
     - ``annotation`` (H, W) uint8: labels of the annotated frame, from ``annotation.nii.gz`` (phase
       ``info["annotated_phase"]``) if present, else from ``label_ed`` at phase ``info["ed"]``; the slice is the middle
-      one of the non-empty labelled slices.
+      one of the non-empty labelled slices (of those drawing every class, where per-class slice lists leave some out).
     - ``annotation_slice``, ``annotation_phase``: z_a and t_a.
     - ``image_spacing``: (2,) in-plane spacing in mm of rows and columns, from the affine.
     - ``base_first``: z = 0 is the most basal slice: ``info["base_first"]`` if given, else from an oblique scanner
@@ -69,9 +48,9 @@ class LoadStudyd(MapTransform):
     - with ``with_labels``: ``label`` (1, H, W, Z, T) uint8 holding ``label_ed``/``label_es`` on their annotated slices
       and :data:`UNLABELLED` everywhere else; ``ed``, ``es``.
 
-    Partial labels, for training: ``info["labels_ed"]`` / ``info["labels_es"]`` (else ``info["labels"]``, else all of
-    1, 2, 3) list the classes drawn at that phase. Where a phase lacks a class that the other phase has (Sunnybrook: no
-    myocardium at ES), its background pixels within ``partial_margin_mm`` of the drawn structures may belong to the
+    Partial labels, for training: which classes each labelled slice draws is :func:`~.study.slice_classes`
+    (``labels_<phase>``, ``labels``, per-class slice lists). Where a slice lacks a class that other frames have
+    (Sunnybrook: no myocardium at ES), its background pixels within ``partial_margin_mm`` of the drawn structures may belong to the
     missing class: with a margin given, they become :data:`UNLABELLED`, out of the loss, instead of background
     (evaluation instead scores only the drawn classes, :mod:`scripts.metrics.report`). A class drawn at no phase (RV in
     Sunnybrook) is absent from the annotation too, so propagation must not produce it: it stays background.
@@ -115,50 +94,39 @@ class LoadStudyd(MapTransform):
 
     @staticmethod
     def _annotation(study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
-        if (study / "annotation.nii.gz").is_file():
-            path, phase_key, slices_key = study / "annotation.nii.gz", "annotated_phase", None
-        elif (study / "label_ed.nii.gz").is_file():
-            path, phase_key, slices_key = study / "label_ed.nii.gz", "ed", "annotated_slices_ed"
-        else:
-            raise CSTMInputError(study, "no annotation: neither annotation.nii.gz nor label_ed.nii.gz exists",
-                                 "one annotated frame (see README, 'Where the annotation comes from')")
-        phase = _check_phase(study, info, phase_key, shape[3], path.name)
+        path, phase_key, phase_name = annotation_source(study)
+        phase = phase_index(info, phase_key, shape[3], study, path.name)
         label = read_label(path, shape, affine)
-        candidates = _labelled_slices(info, slices_key, label, study) if slices_key else range(shape[2])
+        candidates = labelled_slices(info, phase_name, shape[2], study) if phase_name else range(shape[2])
         slices = [z for z in candidates if label[:, :, z].any()]
         if not slices:
             raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on at least one slice")
+        if phase_name:  # a slice with every class drawn at this phase, where there is one (per-class slice lists)
+            classes = {z: slice_classes(info, phase_name, z, study) for z in slices}
+            most = set().union(*classes.values())
+            slices = [z for z in slices if classes[z] == most] or slices
         z = slices[len(slices) // 2]
         return {"annotation": torch.as_tensor(label[:, :, z]), "annotation_slice": z, "annotation_phase": phase}
 
     def _labels(self, study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
         full = np.full((1, *shape), UNLABELLED, dtype=np.uint8)
-        names = [n for n in ("ed", "es") if (study / f"label_{n}.nii.gz").is_file() and n in info]
-        classes = {n: _drawn_classes(study, info, n) for n in names}
-        drawn_somewhere = set().union(*classes.values())
-        spacing = affine_to_spacing(affine, r=2, suppress_zeros=False)
+        names = [n for n in ("ed", "es") if (study / label_file(n)).is_file() and n in info]
         if len(names) == 2 and shape[3] > 1 and info["ed"] == info["es"]:
             raise CSTMInputError(study / "info.json", f"'ed' and 'es' are both {info['ed']}",
                                  "the ED and ES phases, which differ in a cine of several phases")
+        frames = {(n, z): slice_classes(info, n, z, study) for n in names
+                  for z in labelled_slices(info, n, shape[2], study)}
+        drawn_somewhere = set().union(*frames.values())
+        spacing = affine_to_spacing(affine, r=2, suppress_zeros=False)
         for name in names:
-            path = study / f"label_{name}.nii.gz"
-            phase = _check_phase(study, info, name, shape[3], path.name)
-            label = read_label(path, shape, affine)
-            for z in _labelled_slices(info, f"annotated_slices_{name}", label, study):
+            phase = phase_index(info, name, shape[3], study, label_file(name))
+            label = read_label(study / label_file(name), shape, affine)
+            for z in (z for n, z in frames if n == name):
                 frame = label[:, :, z].copy()
-                if self.partial_margin_mm is not None and classes[name] != drawn_somewhere:
+                if self.partial_margin_mm is not None and frames[name, z] != drawn_somewhere:
                     frame[_ambiguous_background(frame, spacing, self.partial_margin_mm)] = UNLABELLED
                 full[0, :, :, z, phase] = frame
         return {"label": torch.as_tensor(full), "ed": info.get("ed", 0), "es": info.get("es", 0)}
-
-
-def _drawn_classes(study: Path, info: dict[str, Any], phase_name: str) -> set[int]:
-    """The classes drawn at one phase: ``info["labels_<phase>"]``, else ``info["labels"]``, else 1, 2 and 3."""
-    key = f"labels_{phase_name}" if f"labels_{phase_name}" in info else "labels"
-    classes = info.get(key, [1, 2, 3])
-    if not (isinstance(classes, list) and set(classes) <= {1, 2, 3}):
-        raise CSTMInputError(study / "info.json", f"{key!r} is {classes!r}", "a list of classes among 1 RV, 2 Myo, 3 LV")
-    return set(classes)
 
 
 def _ambiguous_background(frame: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:
@@ -379,9 +347,13 @@ class SaveStudyLabeld(MapTransform):
             header = header.copy()
             header.set_data_dtype(np.uint8)
             header["scl_slope"], header["scl_inter"] = 1, 0
-        path = save_nifti(labels, affine, self.output_dir / d["study"] / OUTPUT_FILE, self.overwrite, header)
+        path = save_nifti(labels, affine, self.output_files(d["study"])[0], self.overwrite, header)
         logger.info(f"{d['study']}: 4D label map written to {path}")
         return d
+
+    def output_files(self, study: str) -> list[Path]:
+        """The file that this transform writes for ``study``."""
+        return [self.output_dir / study / OUTPUT_FILE]
 
 
 def check_outputs(studies: list[dict[str, str]], output_dir: str | os.PathLike, overwrite: bool = False) -> None:

@@ -28,6 +28,7 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_numpy as to_numpy
 
 from ..data.readers import read_info
+from ..data.study import slice_classes
 from ..data.transforms import UNLABELLED
 from ..errors import CSTMInputError
 from ..io import save_json, write_atomic
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
-COLUMNS = ("study", "method", "phase", "region", "class", *METRICS, "num_slices", "num_empty", "num_missed")
+COLUMNS = ("study", "group", "method", "phase", "region", "class", *METRICS, "num_slices", "num_empty", "num_missed")
 PHASES = ("ED", "ES")
 
 
@@ -61,12 +62,10 @@ def check_evaluation_outputs(output_dir: str | os.PathLike, overwrite: bool = Fa
 
 
 def scored_slices(label: np.ndarray, info: Mapping[str, Any], phase: str, phase_index: int,
-                  skip: int | None = None) -> dict[int, list[int]]:
-    """Which slices to score for each class at one phase.
-
-    A slice is scored when its label frame is labelled (not :data:`~scripts.data.UNLABELLED`), the class is in
-    ``info["labels_<phase>"]`` (else ``info["labels"]``, else all of 1, 2, 3) and, if ``info`` has
-    ``annotated_slices_<phase>_<class>`` (e.g. ``annotated_slices_ed_myo``), the slice is listed there.
+                  skip: int | None = None, study: str | os.PathLike = "") -> dict[int, list[int]]:
+    """Which slices to score for each class at one phase: the slices whose label frame is labelled (not
+    :data:`~scripts.data.UNLABELLED`) and draws the class (:func:`~scripts.data.study.slice_classes`: ``labels_<phase>``,
+    ``labels``, per-class slice lists such as ``annotated_slices_ed_myo``).
 
     Args:
         label: (H, W, Z, T) ground truth with :data:`UNLABELLED` where there is none.
@@ -74,17 +73,17 @@ def scored_slices(label: np.ndarray, info: Mapping[str, Any], phase: str, phase_
         phase: "ed" or "es".
         phase_index: the phase's t.
         skip: a slice not to score (the annotated frame's z when it lies at this phase).
+        study: the study folder (for error messages).
     Returns:
         class label -> sorted z.
     """
     labelled = [z for z in range(label.shape[2]) if (label[:, :, z, phase_index] != UNLABELLED).all() and z != skip]
-    classes = info.get(f"labels_{phase}", info.get("labels", list(CLASS_NAMES)))
+    drawn = {z: slice_classes(info, phase, z, study) for z in labelled}
     out = {}
-    for c in classes:
-        listed = info.get(f"annotated_slices_{phase}_{CLASS_NAMES[int(c)].lower()}")
-        zs = [z for z in labelled if listed is None or z in listed]
+    for c in CLASS_NAMES:
+        zs = [z for z in labelled if c in drawn[z]]
         if zs:
-            out[int(c)] = zs
+            out[c] = zs
     return out
 
 
@@ -93,7 +92,9 @@ class EvaluationReport:
 
     As a postprocessing callable it reads from the item (after ``LoadStudyd(with_labels=True)``): ``pred`` and
     ``label`` (1, H, W, Z, T), ``ed``, ``es``, ``annotation_slice``, ``annotation_phase``, ``base_first``,
-    ``study``, ``study_dir``, and for extra models ``image``, ``annotation``, ``image_spacing``.
+    ``study``, ``study_dir``, optionally ``group`` (a datalist's pathology group, e.g. from
+    :func:`~scripts.data.load_split`: the summary then has a block per group), and for extra models ``image``,
+    ``annotation``, ``image_spacing``.
 
     Args:
         output_dir: where ``metrics.csv`` and ``summary.json`` go.
@@ -131,20 +132,21 @@ class EvaluationReport:
         t_a, z_a = int(d["annotation_phase"]), int(d["annotation_slice"])
         ed, es = int(d["ed"]), int(d["es"])
         base_first = bool(d["base_first"])
+        group = str(d.get("group") or "")
         for phase, t in (("ED", ed), ("ES", es)):
             if phase == "ES" and es == ed:
                 continue
-            slices = scored_slices(label, info, phase.lower(), t, z_a if t == t_a else None)
+            slices = scored_slices(label, info, phase.lower(), t, z_a if t == t_a else None, d["study_dir"])
             if not slices:
                 continue
             for method, pred in predictions.items():
-                self._add(d["study"], method, phase, score_phase(pred[..., t], label[..., t], slices, spacing, base_first))
+                self._add(d["study"], group, method, phase, score_phase(pred[..., t], label[..., t], slices, spacing, base_first))
             if "copy_ed" in self.baselines and phase == "ES":
                 ed_labelled = [z for z in range(label.shape[2]) if (label[:, :, z, ed] != UNLABELLED).all()]
                 both = {c: [z for z in zs if z in ed_labelled] for c, zs in slices.items()}
                 both = {c: zs for c, zs in both.items() if zs}
                 if both:
-                    self._add(d["study"], "copy_ed", phase,
+                    self._add(d["study"], group, "copy_ed", phase,
                               score_phase(label[..., ed], label[..., t], both, spacing, base_first))
         logger.info(f"{d['study']}: scored ({', '.join(predictions)}"
                     f"{', ' + ', '.join(self.baselines) if self.baselines else ''})")
@@ -158,19 +160,21 @@ class EvaluationReport:
                               image_spacing=torch.as_tensor(d["image_spacing"])[None], base_first=d["base_first"])
         return to_numpy(labels)[0, 0]  # (H, W, Z, T)
 
-    def _add(self, study: str, method: str, phase: str, rows: list[dict]) -> None:
-        self.rows.extend({"study": study, "method": method, "phase": phase, **r} for r in rows)
+    def _add(self, study: str, group: str, method: str, phase: str, rows: list[dict]) -> None:
+        self.rows.extend({"study": study, "group": group, "method": method, "phase": phase, **r} for r in rows)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, lambda _: self.write())
 
-    def summary(self) -> dict[str, Any]:
-        """Means over studies: method -> phase ("ED", "ES", "all") -> region -> class -> metric (NaN skipped)."""
+    def summary(self, group: str | None = None) -> dict[str, Any]:
+        """Means over studies (of one ``group`` if given): method -> phase ("ED", "ES", "all") -> region -> class
+        -> metric (NaN skipped), with "num_frames"."""
+        selected = [r for r in self.rows if group is None or r["group"] == group]
         out: dict[str, Any] = {}
-        for method in dict.fromkeys(r["method"] for r in self.rows):
+        for method in dict.fromkeys(r["method"] for r in selected):
             out[method] = {}
             for phase in (*PHASES, "all"):
-                rows = [r for r in self.rows if r["method"] == method and (phase == "all" or r["phase"] == phase)]
+                rows = [r for r in selected if r["method"] == method and (phase == "all" or r["phase"] == phase)]
                 if not rows:
                     continue
                 out[method][phase] = {
@@ -196,9 +200,12 @@ class EvaluationReport:
         csv_path = write_atomic(self.output_dir / METRICS_FILE, write_csv, self.overwrite)
         logger.info(f"per-study metrics written to {csv_path}")
         metrics = self.summary()
+        groups = sorted({r["group"] for r in self.rows} - {""})
         summary = {
             "studies": sorted(dict.fromkeys(r["study"] for r in self.rows)),
             "metrics": metrics,
+            "groups": {g: {"studies": len({r["study"] for r in self.rows if r["group"] == g}),
+                           "metrics": self.summary(g)} for g in groups},
             "timing": self.timer.records if self.timer is not None else [],
             "conventions": {
                 "dice_2d/hd95_2d": "per 2D slice (in-plane spacing), averaged over the region's slices that hold the "
@@ -218,6 +225,8 @@ class EvaluationReport:
         logger.info(f"summary written to {json_path}")
         for kind, phase in (("2d", "all"), ("2d", "ES"), ("3d", "all")):  # ES: where copy-ED is scored too
             logger.info("\n" + format_table(metrics, kind, phase))
+        if groups:
+            logger.info("\n" + format_group_table(summary))
         return summary
 
 
@@ -245,6 +254,33 @@ def format_table(metrics: Mapping[str, Any], kind: str = "2d", phase: str = "all
             dice = " ".join(_cell(scores.get(c, {}).get(f"dice_{kind}"), 3) for c in classes)
             hd = " ".join(_cell(scores.get(c, {}).get(f"hd95_{kind}"), 2) for c in classes)
             lines.append(f"{method:<{width}} | {dice} | {hd}")
+    return "\n".join(lines)
+
+
+def format_group_table(summary: Mapping[str, Any], kind: str = "2d") -> str:
+    """A Markdown table (the model card's): one row per group, phase and method, whole-heart Dice of LV, Myo, RV and
+    their mean, mean HD95 (mm), and the mean Dice of the basal, middle and apical slices; groups first, then "all".
+
+    Args:
+        summary: what :meth:`EvaluationReport.write` returns (or ``summary.json``), with its "groups".
+        kind: "2d" or "3d".
+    """
+    lines = ["| group (n) | phase | method | LV | Myo | RV | mean | HD95 mean mm | basal | middle | apex |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    blocks = [(f"{g} ({b['studies']})", b["metrics"]) for g, b in summary.get("groups", {}).items()]
+    blocks.append((f"all ({len(summary['studies'])})", summary["metrics"]))
+    for name, metrics in blocks:
+        for phase in PHASES:
+            for method, by_phase in metrics.items():
+                scores = by_phase.get(phase)
+                if not scores:
+                    continue
+                whole = scores.get("whole", {})
+                cells = [_cell((whole.get(c) or {}).get(f"dice_{kind}"), 3).strip() for c in (*CLASS_NAMES.values(), "mean")]
+                cells.append(_cell((whole.get("mean") or {}).get(f"hd95_{kind}"), 2).strip())
+                cells += [_cell((scores.get(r, {}).get("mean") or {}).get(f"dice_{kind}"), 3).strip()
+                          for r in REGIONS[:3]]
+                lines.append(f"| {name} | {phase} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -291,3 +327,10 @@ def load_models(checkpoints: Mapping[str, str | os.PathLike | None], device: tor
         out[name] = network.to(device).eval()
         logger.info(f"baseline {name!r}: weights {path}")
     return out
+
+
+if __name__ == "__main__":  # python -m scripts.metrics.report <summary.json>: the per-group Markdown table
+    import json
+    import sys
+
+    print(format_group_table(json.loads(Path(sys.argv[1]).read_text())))
