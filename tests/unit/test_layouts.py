@@ -150,6 +150,22 @@ def test_a_study_left_from_an_earlier_conversion_is_not_listed(native: Path, tmp
     assert [s["study"] for s in again] == [items[0]["study"]]
 
 
+@pytest.mark.parametrize("bare_list", [False, True])
+def test_a_study_named_like_a_folder_beside_the_datalist_stays_a_name(bare_list: bool, native: Path,
+                                                                      tmp_path: Path) -> None:
+    """The datalist sits in the dataset folder beside the study folders it names (not load_decathlon_datalist, which
+    would make each "study" an absolute path to that folder, and write the conversion into the dataset)."""
+    root = tmp_path / "dataset"
+    shutil.copytree(native, root)
+    items = [{"study": study.name, "image": f"{study.name}/image.nii.gz", "ed": 0, "es": 1} for study in _studies(root)]
+    (root / "datalist.json").write_text(json.dumps(items if bare_list else {"training": items}))
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    converted = list_studies(root / "datalist.json", dataset_layout="datalist", layout_dir=tmp_path / "studies")
+    assert [(s["study"], Path(s["study_dir"]).parent) for s in converted] == [(i["study"], tmp_path / "studies")
+                                                                               for i in items]
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # the dataset is left alone
+
+
 def test_skipped_folders_are_reported_and_hidden_ones_ignored(native: Path, tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "dataset"

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
 from helpers import BUNDLE, CONFIGS, EVALUATE, TINY_CSTM
-from scripts.engines import check_run_folder, load_initial_weights, propagate_triplet
+from scripts.engines import ResumableCheckpoint, check_run_folder, load_initial_weights, propagate_triplet
 from scripts.errors import CSTMInputError, check_overrides
 from scripts.networks import (CSTM, build_cstm, build_cstm_from_checkpoint, read_checkpoint, recorded_roi, save_weights,
                               state_dict_of, weights_record)
@@ -81,8 +82,9 @@ def test_fine_tuning_refuses_weights_trained_with_other_matching(tmp_path: Path)
     dense = build_cstm("small", **TINY_CSTM, matching_mode="dense")
     save_weights(dense, tmp_path / "model.pt")
     with pytest.raises(CSTMInputError, match="was trained with matching_mode 'dense', the network here has 'plm'"):
-        load_initial_weights(build_cstm("small", **TINY_CSTM), tmp_path / "model.pt")
-    load_initial_weights(build_cstm("small", **TINY_CSTM, matching_mode="dense"), tmp_path / "model.pt")
+        load_initial_weights(build_cstm("small", **TINY_CSTM), tmp_path / "model.pt", Engine(lambda e, b: None))
+    load_initial_weights(build_cstm("small", **TINY_CSTM, matching_mode="dense"), tmp_path / "model.pt",
+                         Engine(lambda e, b: None))
 
 
 @pytest.mark.parametrize("strides", [[16, 8], [16], [8]])
@@ -107,6 +109,36 @@ def test_resume_without_last_checkpoint_does_not_overwrite_model_pt(tmp_path: Pa
     with pytest.raises(CSTMInputError, match="model.pt: there is no checkpoint_last.pt beside it to resume from"):
         check_run_folder(tmp_path, resume=True)
     check_run_folder(tmp_path / "fresh", resume=True)  # nothing there: a warning, then a fresh start
+
+
+def _train(folder: Path, max_epochs: int, resume: bool, out_features: int = 1) -> tuple[Engine, Engine]:
+    """Two iterations per epoch of SGD on a linear layer, checkpointed by ResumableCheckpoint into ``folder``."""
+    model = torch.nn.Linear(2, out_features)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(engine: Engine, batch: int) -> None:
+        optimizer.zero_grad()
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+
+    trainer, evaluator = Engine(step), Engine(lambda e, b: None)
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = (-1.0, -1) if resume else (0.5, 1)
+    ResumableCheckpoint(folder, {"model": model, "optimizer": optimizer, "trainer": trainer}, evaluator,
+                        resume=resume).attach(trainer)
+    trainer.run([0, 1], max_epochs=max_epochs)
+    return trainer, evaluator
+
+
+def test_resume_goes_on_from_the_last_epoch_and_refuses_a_finished_or_other_run(tmp_path: Path) -> None:
+    _train(tmp_path, 2, resume=False)
+    for max_epochs in (2, 1):  # reached (ours) or passed (MONAI's CheckpointLoader refuses it): the same message
+        with pytest.raises(CSTMInputError, match="checkpoint_last.pt: the run already finished its 2 epochs"):
+            _train(tmp_path, max_epochs, resume=True)
+    with pytest.raises(CSTMInputError, match="checkpoint_last.pt: does not fit this training config"):
+        _train(tmp_path, 4, resume=True, out_features=2)
+    trainer, evaluator = _train(tmp_path, 4, resume=True)
+    assert (trainer.state.epoch, trainer.state.max_epochs, trainer.state.iteration) == (4, 4, 8)  # 2 epochs more
+    assert (evaluator.state.best_metric, evaluator.state.best_metric_epoch) == (0.5, 1)
 
 
 def test_override_check_reads_config_file_given_with_equals() -> None:

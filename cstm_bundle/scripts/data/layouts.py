@@ -196,6 +196,13 @@ INFO_KEYS = ("ed", "es", "annotated_phase", "annotated_slices_ed", "annotated_sl
 
 
 def _datalist_studies(path: Path) -> list[dict[str, Any]]:
+    """The studies of a datalist JSON (see the module docstring), paths relative to its folder.
+
+    Read as plain JSON, not with MONAI's ``load_decathlon_datalist``: that one reads only ``{"<key>": [...]}`` (not a
+    bare list), and it makes every value that names an existing path absolute, so a ``"study"`` named like a folder
+    beside the JSON (``patient001`` next to ``patient001/``) would become that folder, and the conversion would write
+    into the dataset.
+    """
     try:
         items = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:

@@ -56,6 +56,8 @@ def crop_resize(x: Tensor, box: Box, size: int, mode: str = "bilinear") -> Tenso
         (N, C, size, size), the dtype of ``x``.
     """
     h, w = x.shape[-2:]
+    # F.pad, not MONAI's BorderPad (the same F.pad behind a channel-first MetaTensor): the box may reach outside the
+    # image, which MONAI's SpatialCrop clips instead of reading as zeros.
     pad = (max(0, -box.left), max(0, box.left + box.width - w), max(0, -box.top), max(0, box.top + box.height - h))
     crop = F.pad(x, pad)[..., box.top + pad[2]: box.top + pad[2] + box.height,
                          box.left + pad[0]: box.left + pad[0] + box.width]

@@ -9,20 +9,24 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader
 
 from ..errors import CSTMInputError
 from ..io import write_atomic
-from ..networks.weights import check_recorded_network, first_line, read_checkpoint, save_weights, state_dict_of, weights_record
+from ..networks.weights import check_recorded_network, first_line, read_checkpoint, save_weights, weights_record
 
 logger = logging.getLogger(__name__)
 
 
 class CheckedCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader``, but a missing, unreadable or mismatched checkpoint raises a one-line
-    :class:`~scripts.errors.CSTMInputError` naming the file, instead of torch's multi-line error.
+    :class:`~scripts.errors.CSTMInputError` naming the file, instead of torch's multi-line error; so does a
+    checkpoint recorded with other network arguments (:func:`~scripts.networks.weights.check_recorded_network`: the
+    matching has no parameters, so ``load_state_dict`` alone would not notice) and a training checkpoint whose run
+    already reached the configured ``max_epochs`` (MONAI refuses only one beyond it).
 
+    Loads the inference weights (``checkpoint_loader`` in the configs), ``--init_checkpoint``
+    (:func:`load_initial_weights`) and ``checkpoint_last.pt`` (:meth:`ResumableCheckpoint.load`).
     Takes the same arguments as ``monai.handlers.CheckpointLoader``.
     """
 
@@ -32,29 +36,33 @@ class CheckedCheckpointLoader(CheckpointLoader):
         for network in self.load_dict.values():
             if hasattr(network, "config"):
                 check_recorded_network(network, checkpoint, path)
+        max_epochs = engine.state.max_epochs
         try:
-            super().__call__(engine)
-        except RuntimeError as e:
-            raise CSTMInputError(path, f"does not fit the network ({first_line(e)})",
-                                 "a checkpoint of the configured variant and matching options") from e
+            super().__call__(engine)  # keeps the engine's max_epochs, refuses a checkpoint of a later epoch
+        except (KeyError, RuntimeError, ValueError) as e:
+            if not (max_epochs and engine.state.epoch > max_epochs):  # that refusal is reported below
+                network = len(self.load_dict) == 1
+                raise CSTMInputError(path, f"does not fit {'the network' if network else 'this training config'} "
+                                     f"({first_line(e)})", "a checkpoint of the configured variant and matching options"
+                                     if network else "a checkpoint of the same network and optimizer") from e
+        if max_epochs and engine.state.epoch >= max_epochs:
+            raise CSTMInputError(path, f"the run already finished its {engine.state.epoch} epochs",
+                                 f"--max_epochs above {engine.state.epoch} to train further")
 
 
-def load_initial_weights(network: torch.nn.Module, checkpoint: str | os.PathLike | None) -> None:
-    """Start training from ``checkpoint``'s weights (``--init_checkpoint``, e.g. the phantom-trained ``model.pt``);
-    None starts from scratch. A resumed run then replaces them with its own last checkpoint.
+def load_initial_weights(network: torch.nn.Module, checkpoint: str | os.PathLike | None, engine: Engine) -> None:
+    """Start training from ``checkpoint``'s weights (``--init_checkpoint``, e.g. the phantom-trained ``model.pt``)
+    through :class:`CheckedCheckpointLoader`; None starts from scratch. A resumed run then replaces them with its own
+    last checkpoint.
 
+    Args:
+        engine: the trainer (the loader keeps its ``max_epochs``).
     Raises:
         CSTMInputError: the file is missing or damaged, or holds another network's weights.
     """
     if checkpoint is None:
         return
-    state = read_checkpoint(checkpoint)
-    check_recorded_network(network, state, checkpoint)
-    try:
-        network.load_state_dict(state_dict_of(state))
-    except RuntimeError as e:
-        raise CSTMInputError(checkpoint, f"does not fit the network ({first_line(e)})",
-                             "a model.pt of the configured variant") from e
+    CheckedCheckpointLoader(str(checkpoint), {"model": network}, map_location="cpu")(engine)
     logger.info(f"initial weights from {checkpoint}")
 
 
@@ -63,8 +71,10 @@ BEST_MODEL = "model.pt"
 
 
 def _save_torch(obj: Any, path: Path) -> Path:
-    """``torch.save`` through a temporary file and a rename: a kill during the save leaves the old file intact
-    (ignite's ``Checkpoint`` writes in place, so it is not used for saving)."""
+    """``torch.save`` through a temporary file and a rename (:func:`~scripts.io.write_atomic`): a kill during the
+    save leaves the old file intact. MONAI's ``CheckpointSaver`` cannot promise that: it gives ignite's ``DiskSaver``
+    ``atomic=False`` (so it writes in place), and ignite's ``Checkpoint`` (0.5.5) removes the previous file before it
+    writes the next one, so a kill in between leaves none. (ignite's ``DiskSaver`` on its own is atomic by default.)"""
     return write_atomic(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
 
 
@@ -84,7 +94,8 @@ def check_run_folder(output_dir: str | os.PathLike, resume: bool = False) -> Non
 
 
 class ResumableCheckpoint:
-    """The training run's checkpoints, written atomically into ``output_dir``, and resuming from them.
+    """The training run's checkpoints, written atomically into ``output_dir`` (ours, not MONAI's ``CheckpointSaver``,
+    which can leave no checkpoint after a kill: see :func:`_save_torch`), and resuming from them.
 
     - ``checkpoint_last.pt``: ``save_dict``'s state dicts (model, optimizer, trainer, ...) plus the evaluator's best
       metric, replaced at the end of every epoch. A run killed at any moment loses at most the epoch under way.
@@ -129,21 +140,14 @@ class ResumableCheckpoint:
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_best)
 
     def load(self, trainer: Engine) -> None:
-        checkpoint = read_checkpoint(self.last_path, cached=False)
-        max_epochs = trainer.state.max_epochs
-        try:
-            Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CSTMInputError(self.last_path, f"does not fit this training config ({first_line(e)})",
-                                 "a checkpoint of the same network and optimizer") from e
-        if trainer.state.epoch >= max_epochs:
-            raise CSTMInputError(self.last_path, f"the run already finished its {trainer.state.epoch} epochs",
-                                 f"--max_epochs above {trainer.state.epoch} to train further")
-        trainer.state.max_epochs = max_epochs
-        if self.evaluator is not None and "best" in checkpoint:
-            self.evaluator.state.best_metric = checkpoint["best"]["metric"]
-            self.evaluator.state.best_metric_epoch = checkpoint["best"]["epoch"]
-        trainer.logger.info(f"resumed from {self.last_path}: epoch {trainer.state.epoch} of {max_epochs} done")
+        """Restore ``save_dict`` from ``checkpoint_last.pt`` (:class:`CheckedCheckpointLoader`; the trainer keeps the
+        configured ``max_epochs``) and the evaluator's best metric."""
+        CheckedCheckpointLoader(str(self.last_path), self.save_dict, map_location="cpu")(trainer)
+        best = read_checkpoint(self.last_path).get("best")
+        if self.evaluator is not None and best:
+            self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = best["metric"], best["epoch"]
+        trainer.logger.info(f"resumed from {self.last_path}: epoch {trainer.state.epoch} of "
+                            f"{trainer.state.max_epochs} done")
 
     def save_last(self, trainer: Engine) -> None:
         state = {name: obj.state_dict() for name, obj in self.save_dict.items()}

@@ -150,7 +150,7 @@ def run_training(trainer: Any, evaluator: Any, checkpoint: ResumableCheckpoint, 
         tracking_params: config knobs that ``--tracking mlflow`` logs as parameters.
     """
     check_run_folder(output_dir, resume)
-    load_initial_weights(checkpoint.save_dict["model"], init_checkpoint)
+    load_initial_weights(checkpoint.save_dict["model"], init_checkpoint, trainer)
     checkpoint.attach(trainer)
     attach_early_stop(evaluator, trainer, early_stop_patience)
     attach_final_validation(trainer, handlers)

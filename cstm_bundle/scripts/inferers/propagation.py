@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.transforms import SpatialPad, compute_divisible_spatial_size
+from monai.utils import convert_to_tensor
 from torch import Tensor
 
 from ..data.roi import crop_resize, foreground_center, heart_box, paste_probabilities
@@ -24,18 +26,22 @@ logger = logging.getLogger(__name__)
 def pad_to_multiple(x: Tensor, multiple: int, min_size: int = 0) -> tuple[Tensor, tuple[int, int, int, int]]:
     """Zero-pad the last two dims of ``x`` (..., H, W) symmetrically to multiples of ``multiple``, at least ``min_size``.
 
+    MONAI's ``SpatialPad`` (method "symmetric": the odd pixel after) to ``compute_divisible_spatial_size`` of the
+    size raised to ``min_size``, on a (N, H, W) view of ``x``.
+
     Returns:
         the padded tensor and the (left, right, top, bottom) padding, for :func:`crop_padding`.
     """
-    h, w = x.shape[-2:]
-    ph, pw = max(-h % multiple, min_size - h), max(-w % multiple, min_size - w)
-    ph, pw = ph + -(h + ph) % multiple, pw + -(w + pw) % multiple
-    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-    return F.pad(x, pad), pad
+    size = compute_divisible_spatial_size([max(s, min_size) for s in x.shape[-2:]], multiple)
+    padder = SpatialPad(size)
+    _, (top, bottom), (left, right) = padder.compute_pad_width(x.shape[-2:])
+    padded = convert_to_tensor(padder(x.reshape(-1, *x.shape[-2:])), track_meta=False)  # (N, H', W')
+    return padded.reshape(*x.shape[:-2], *size), (left, right, top, bottom)
 
 
 def crop_padding(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
-    """Undo :func:`pad_to_multiple` on the last two dims."""
+    """Undo :func:`pad_to_multiple` on the last two dims (a slice: the labels to crop are a new tensor, not the
+    padded MetaTensor whose recorded padding ``SpatialPad.inverse`` would undo)."""
     left, right, top, bottom = pad
     return x[..., top: x.shape[-2] - bottom, left: x.shape[-1] - right]
 

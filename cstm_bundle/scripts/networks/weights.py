@@ -35,18 +35,16 @@ EARLIER_DEFAULTS = {"encoder_norm": "frozen_batch"}
 """CSTM arguments added after 0.4.0, with the value that every record written before them meant."""
 
 
-def read_checkpoint(path: str | os.PathLike, cached: bool = True) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load`` (weights only, on the CPU) with a one-line error for a missing or damaged file.
 
     The network builder, the ROI lookup and the loaders of one run all read the same ``model.pt``: it is loaded once
-    per file version (path, size, modification time) and shared; callers must not modify what it returns.
-    ``cached=False`` reads it afresh (a training checkpoint whose tensors an optimizer takes over).
+    per file version (path, size, modification time) and shared; callers must not modify what it returns (MONAI's
+    ``CheckpointLoader`` loads the tensors it hands to the network and optimizer afresh).
     """
     if not os.path.isfile(path):
         raise CSTMInputError(path, "checkpoint file not found", "the weights file (--checkpoint PATH)")
     stat = os.stat(path)
-    if not cached:
-        return _load.__wrapped__(os.path.realpath(path), stat.st_size, stat.st_mtime_ns, str(path))
     return _load(os.path.realpath(path), stat.st_size, stat.st_mtime_ns, str(path))
 
 
