@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 
 def write_cine_dicom(volume: np.ndarray, affine: np.ndarray, folder: Path, series_per_slice: bool = False,
-                     seed: int = 0, description: str = "cine SAX") -> list[Path]:
+                     seed: int = 0, description: str = "cine SAX", series_uid: str | None = None,
+                     acquisition_number: int | None = None) -> list[Path]:
     """One file per frame, under shuffled names; uint16 pixels with a rescale slope.
 
     Args:
@@ -18,6 +21,8 @@ def write_cine_dicom(volume: np.ndarray, affine: np.ndarray, folder: Path, serie
         affine: voxel-to-RAS affine (4, 4) of ``volume``.
         folder: created if missing.
         series_per_slice: store every slice as its own series (as many scanners do).
+        series_uid: the SeriesInstanceUID (one series only); None makes a new one.
+        acquisition_number: written as AcquisitionNumber when given.
     Returns:
         the written files.
     """
@@ -28,7 +33,7 @@ def write_cine_dicom(volume: np.ndarray, affine: np.ndarray, folder: Path, serie
     slope = float(volume.max()) / 4000 or 1.0
     rng = np.random.default_rng(seed)
     h, w, z_count, t_count = volume.shape
-    series = [generate_uid() for _ in range(z_count if series_per_slice else 1)]
+    series = [series_uid or generate_uid() for _ in range(z_count if series_per_slice else 1)]
     names = rng.permutation(z_count * t_count)
     paths = []
     for z in range(z_count):
@@ -43,6 +48,8 @@ def write_cine_dicom(volume: np.ndarray, affine: np.ndarray, folder: Path, serie
             ds.SeriesInstanceUID = series[z if series_per_slice else 0]
             ds.SeriesDescription = description
             ds.InstanceNumber = t + 1
+            if acquisition_number is not None:
+                ds.AcquisitionNumber = acquisition_number
             ds.TriggerTime = 40.0 * t
             ds.ImagePositionPatient = [float(v) for v in lps[:3, 3] + z * lps[:3, 2]]
             ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
@@ -57,3 +64,10 @@ def write_cine_dicom(volume: np.ndarray, affine: np.ndarray, folder: Path, serie
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return paths
+
+
+def retag(path: Path, edit: Callable[[Dataset], None]) -> None:
+    """Rewrite the DICOM file ``path`` after ``edit(dataset)`` (to damage one file of a series)."""
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    ds.save_as(path)

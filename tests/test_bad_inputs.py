@@ -10,26 +10,32 @@ deep inside torch/nibabel/MONAI, whose one-line message contains the expected te
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+import shutil
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from dicom_writer import write_cine_dicom
+from dicom_writer import retag, write_cine_dicom
 from helpers import BUNDLE, TINY_CSTM, run_bundle
 from scripts.data import LoadStudyd
-from scripts.errors import CSTMInputError, check_overrides
+from scripts.errors import CSTMInputError, check_overrides, install_error_summary
 from scripts.inferers import Propagation4DInferer
+from scripts.io import save_nifti
 from scripts.networks import build_cstm, plm_readout, save_weights, weights_record
 
 INFERENCE_CONFIG = BUNDLE / "configs" / "inference.json"
@@ -199,11 +205,59 @@ def image_not_nifti(tmp: Path) -> Inference:
     return action
 
 
-def dicom_mixed_series(tmp: Path) -> Inference:
+def dicom_study(tmp: Path) -> tuple[Path, list[Path]]:
+    """A study whose image is the cine DICOM series ``study/dicom`` (no image.nii.gz): the folder and its files."""
     study = write_study(tmp / "data" / "study")
     (study / "image.nii.gz").unlink()
-    write_cine_dicom(heart_image(), np.eye(4), study / "dicom")
-    write_cine_dicom(np.ones((16, 16, 1, 1), np.float32), np.eye(4), study / "dicom" / "localiser", description="loc")
+    return study / "dicom", write_cine_dicom(heart_image(), np.eye(4), study / "dicom")
+
+
+def dicom_mixed_series(tmp: Path) -> Inference:
+    series, _ = dicom_study(tmp)
+    write_cine_dicom(np.ones((16, 16, 1, 1), np.float32), np.eye(4), series / "localiser", description="loc")
+    return inference_on(tmp)
+
+
+def dicom_duplicate_file(tmp: Path) -> Inference:
+    series, files = dicom_study(tmp)
+    shutil.copy(files[0], series / "IM_copy")
+    return inference_on(tmp)
+
+
+def dicom_series_copied_twice(tmp: Path) -> Inference:
+    """Every phase twice: read naively, a study of 10 phases whose 'cycle' repeats."""
+    series, _ = dicom_study(tmp)
+    shutil.copytree(series, series / "copy")
+    return inference_on(tmp)
+
+
+def dicom_repeat_acquisition(tmp: Path) -> Inference:
+    """The cine acquired again (another series, the same geometry) beside the first."""
+    series, _ = dicom_study(tmp)
+    write_cine_dicom(heart_image(seed=1), np.eye(4), series / "repeat", seed=1)
+    return inference_on(tmp)
+
+
+def dicom_trigger_time_missing(tmp: Path) -> Inference:
+    """One image without TriggerTime: its InstanceNumber (1..5) would be sorted among trigger times in ms."""
+    _, files = dicom_study(tmp)
+    retag(files[0], lambda ds: ds.pop("TriggerTime"))
+    return inference_on(tmp)
+
+
+def dicom_multi_frame(tmp: Path) -> Inference:
+    def two_frames(ds: pydicom.Dataset) -> None:
+        ds.NumberOfFrames, ds.PixelData = 2, ds.PixelData * 2
+    _, files = dicom_study(tmp)
+    retag(files[0], two_frames)
+    return inference_on(tmp)
+
+
+def dicom_pixel_data_truncated(tmp: Path) -> Inference:
+    """Header intact (the study passes the up-front scan), pixel data cut short: read by LoadImaged, where MONAI
+    tries its other readers when one fails (its PydicomReader read the folder and raised a numpy error)."""
+    _, files = dicom_study(tmp)
+    files[0].write_bytes(files[0].read_bytes()[:-500])
     return inference_on(tmp)
 
 
@@ -230,6 +284,18 @@ def output_exists(tmp: Path) -> Inference:
     (tmp / "out" / "study").mkdir(parents=True)
     (tmp / "out" / "study" / "label_4d.nii.gz").write_bytes(b"an earlier result")
     return action
+
+
+def output_disk_full(tmp: Path) -> Callable[[], object]:
+    """The disk fills up halfway through writing a label map: nibabel writes part of the file, then ENOSPC."""
+    def half_written(img: nib.Nifti1Image, filename: str) -> None:
+        Path(filename).write_bytes(b"\x1f\x8b half a label map")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write() -> None:
+        with mock.patch.object(nib, "save", half_written):
+            save_nifti(heart_labels(*SHAPE[:3]), np.eye(4), tmp / "out" / "study" / "label_4d.nii.gz")
+    return write
 
 
 def output_not_writable(tmp: Path) -> Inference:
@@ -447,11 +513,21 @@ CASES = [
     ("image_garbage", image_garbage, "image.nii.gz: cannot be read as NIfTI (not a gzip file)"),
     ("image_not_nifti", image_not_nifti, "image.nii.gz: cannot be read as NIfTI"),
     ("dicom_mixed_series", dicom_mixed_series, "study/dicom: mixed series: 2 different row counts among 21 images (series cine SAX, loc)"),
+    ("dicom_duplicate_file", dicom_duplicate_file,
+     "study/dicom: duplicate frame: IM00004 and IM_copy have the same slice position (0.00 mm) and trigger time 0 ms"),
+    ("dicom_series_copied_twice", dicom_series_copied_twice, "study/dicom: duplicate frame: IM00004 and copy/IM00004"),
+    ("dicom_repeat_acquisition", dicom_repeat_acquisition,
+     "study/dicom: 2 acquisitions at slice position 0.00 mm (IM00004 and repeat/"),
+    ("dicom_trigger_time_missing", dicom_trigger_time_missing,
+     "dicom/IM00004: DICOM image without TriggerTime, while 19 of the 20 images of the folder have one"),
+    ("dicom_multi_frame", dicom_multi_frame, "dicom/IM00004: multi-frame DICOM image (2 frames in one file)"),
+    ("dicom_pixel_data_truncated", dicom_pixel_data_truncated, "dicom/IM00004: cannot read the DICOM pixel data"),
     ("dataset_missing", dataset_missing, "data: dataset folder does not exist"),
     ("dataset_without_studies", dataset_without_studies, "data: no study folder (a folder with image.nii.gz or dicom/) found"),
     ("study_without_image", study_without_image, "data/image.nii.gz: study image not found"),
     ("output_exists", output_exists, "study/label_4d.nii.gz: output file exists; expected a new --output_dir"),
     ("output_not_writable", output_not_writable, "file.txt/out: cannot create the output folder (Not a directory)"),
+    ("output_disk_full", output_disk_full, "study/label_4d.nii.gz: disk is full, the file was not written"),
     ("label_other_grid", label_other_grid, "label_ed.nii.gz: label shape (16, 16, 4) is not on the image grid"),
     ("label_other_affine", label_other_affine, "label_ed.nii.gz: label affine differs from the image affine"),
     ("label_empty", label_empty, "label_ed.nii.gz: annotation is empty"),
@@ -531,14 +607,50 @@ def test_bad_input_gives_one_clear_error(case: str, build: Callable, expected: s
     ("image_truncated", "image.nii.gz: file is truncated"),  # list_studies, before the network is built
     ("image_nan", "image.nii.gz: image contains NaN or Inf values"),  # LoadStudyd inside the evaluator's run
     ("output_not_writable", "file.txt/out: cannot create the output folder"),  # check_outputs
+    ("dicom_pixel_data_truncated", "dicom/IM00004: cannot read the DICOM pixel data"),  # LoadImaged's reader chain
 ])
 def test_bundle_runner_shows_the_short_message(case: str, expected: str, tmp_path: Path) -> None:
     action = row(case)[1](tmp_path)
     result = run_bundle("inference", "inference.json", "--dataset_dir", str(action.dataset_dir),
                         "--output_dir", str(action.output_dir), timeout=120)
     assert result.returncode != 0
-    assert expected in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+    output = result.stdout + result.stderr
+    assert expected in output, output[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("ERROR: "), output[-3000:]  # the one-line summary last
     assert not list(tmp_path.rglob("label_4d.nii.gz"))
+
+
+def test_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
+    with pytest.raises(CSTMInputError, match="label_4d.nii.gz: disk is full"):
+        output_disk_full(tmp_path)()
+    assert [p.name for p in (tmp_path / "out").rglob("*")] == ["study"]  # no temporary, no half a label map
+
+
+def wrapped(error: BaseException) -> BaseException:
+    """``error`` as MONAI hands it on: RuntimeError("Failed to evaluate ...") from it."""
+    try:
+        raise RuntimeError("Failed to evaluate ConfigExpression") from error
+    except RuntimeError as e:
+        return e
+
+
+@pytest.mark.parametrize("error, expected", [
+    (wrapped(OSError(errno.ENOSPC, "No space left on device", "/out/model.pt")),
+     "ERROR: /out/model.pt: disk is full (No space left on device); expected free disk space."),
+    (wrapped(PermissionError(errno.EACCES, "Permission denied", "/data/s1/image.nii.gz")),
+     "ERROR: /data/s1/image.nii.gz: Permission denied."),
+    (wrapped(torch.OutOfMemoryError("CUDA out of memory")),
+     "ERROR: out of memory (OutOfMemoryError); expected a smaller --max_batch, or a device with more memory."),
+    (KeyboardInterrupt(), "ERROR: interrupted; every output already written is complete, none is half-written."),
+    (wrapped(ZeroDivisionError("a bug")), None),  # a bug: its traceback is the report
+], ids=["disk_full", "permission", "out_of_memory", "ctrl_c", "bug"])
+def test_errors_of_the_machine_end_in_one_error_line(error: BaseException, expected: str | None,
+                                                     monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The last line ``bundle run`` prints for errors that are no CSTMInputError, but still the user's to fix."""
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: print("Traceback ...", file=sys.stderr))
+    install_error_summary()
+    sys.excepthook(type(error), error, None)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (expected or "Traceback ...")
 
 
 # ---------------------------------------------------------------- not errors: one slice, one phase

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser
 
 
@@ -31,25 +33,55 @@ class CSTMInputError(ValueError):
 
 def find_input_error(error: BaseException | None) -> CSTMInputError | None:
     """The first :class:`CSTMInputError` along ``error``'s cause/context chain (MONAI wraps errors it re-raises)."""
+    return next((e for e in _chain(error) if isinstance(e, CSTMInputError)), None)
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then its cause (or context), and so on."""
     while error is not None:
-        if isinstance(error, CSTMInputError):
-            return error
+        yield error
         error = error.__cause__ or error.__context__
+
+
+FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+"""``OSError`` numbers of a full disk (or a full quota)."""
+
+
+def error_summary(error: BaseException | None) -> str | None:
+    """The one line a user reads for ``error``, or None for a bug (whose traceback is the report).
+
+    A :class:`CSTMInputError` along the cause chain, else the first error the user's machine or files caused: an
+    ``OSError`` (full disk, permission, missing file: named with its file), running out of memory, or Ctrl-C.
+    """
+    cause = find_input_error(error)
+    if cause is not None:
+        return str(cause)
+    for seen in _chain(error):
+        if isinstance(seen, OSError) and seen.errno in FULL_DISK:
+            return str(CSTMInputError(seen.filename, f"disk is full ({seen.strerror or seen})", "free disk space"))
+        if isinstance(seen, OSError) and seen.filename:
+            return str(CSTMInputError(seen.filename, seen.strerror or type(seen).__name__))
+        if isinstance(seen, (MemoryError, torch.OutOfMemoryError)):
+            return str(CSTMInputError(None, f"out of memory ({type(seen).__name__})",
+                                      "a smaller --max_batch, or a device with more memory"))
+        if isinstance(seen, KeyboardInterrupt):
+            return "interrupted; every output already written is complete, none is half-written."
     return None
 
 
 def install_error_summary() -> None:
-    """After a failed ``monai.bundle run``, repeat the input error as the last line, so the user reads it rather than
-    MONAI's "Failed to evaluate ConfigExpression" wrapper. The first step of every run list calls this."""
+    """After a failed ``monai.bundle run``, repeat the error as the last line (see :func:`error_summary`), so the user
+    reads it rather than MONAI's "Failed to evaluate ConfigExpression" wrapper or a traceback from numpy, nibabel,
+    ignite or pydicom. The first step of every run list calls this."""
     previous = sys.excepthook
     if getattr(previous, "cstm_summary", False):
         return
 
     def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
         previous(kind, error, tb)
-        cause = find_input_error(error)
-        if cause is not None:
-            print(f"\nERROR: {cause}", file=sys.stderr)
+        summary = error_summary(error)
+        if summary is not None:
+            print(f"\nERROR: {summary}", file=sys.stderr)
 
     hook.cstm_summary = True  # type: ignore[attr-defined]
     sys.excepthook = hook

@@ -12,7 +12,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .errors import CSTMInputError
+from .errors import FULL_DISK, CSTMInputError
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:
@@ -28,7 +28,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrit
     Returns:
         the final path.
     Raises:
-        CSTMInputError: ``path`` exists and ``overwrite`` is False, or its folder is not writable.
+        CSTMInputError: ``path`` exists and ``overwrite`` is False, its folder is not writable, or writing fails (a
+            full disk, a lost mount: any ``OSError``); the temporary file is removed first.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -44,11 +45,21 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrit
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from e
         raise
     return path
+
+
+def _write_error(path: str | os.PathLike, error: OSError) -> CSTMInputError:
+    """The one-line error for an ``OSError`` while writing ``path``: a full disk (or quota) says so."""
+    if error.errno in FULL_DISK:
+        return CSTMInputError(path, f"disk is full, the file was not written ({error.strerror or error})",
+                              "free space on the output disk, or another --output_dir")
+    return CSTMInputError(path, f"cannot write the file ({error.strerror or error})", "a writable --output_dir")
 
 
 def _umask() -> int:

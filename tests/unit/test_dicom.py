@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from monai.transforms import EnsureChannelFirstd, LoadImaged
 
-from dicom_writer import write_cine_dicom
+from dicom_writer import retag, write_cine_dicom
 from scripts.data import make_phantom_study
 from scripts.data.dicom import CineDicomReader, read_cine_dicom, scan_cine_dicom
-from scripts.errors import CSTMInputError
+from scripts.errors import CSTMInputError, find_input_error
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,55 @@ def test_a_truncated_scanner_file_is_refused_by_name(tmp_path: Path) -> None:
     victim.write_bytes(victim.read_bytes()[:-4000])  # pixel data cut short
     with pytest.raises(CSTMInputError, match=victim.name):
         read_cine_dicom(tmp_path / "dicom")
+
+
+def test_a_repeat_with_another_acquisition_number_is_refused(study, tmp_path: Path) -> None:
+    """One series, the cine acquired twice (AcquisitionNumber 1 and 2): each slice would get both cycles."""
+    uid = pydicom.uid.generate_uid()
+    write_cine_dicom(study.image, study.affine, tmp_path / "dicom" / "a", series_uid=uid, acquisition_number=1)
+    write_cine_dicom(study.image, study.affine, tmp_path / "dicom" / "b", series_uid=uid, acquisition_number=2)
+    with pytest.raises(CSTMInputError, match=r"dicom: 2 acquisitions at slice position .* differ in AcquisitionNumber"):
+        scan_cine_dicom(tmp_path / "dicom")
+
+
+def _colour(ds: pydicom.Dataset) -> None:
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = ds.PixelData * 3
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda path: path.write_bytes(path.read_bytes()[:300]), "DICOM image without an image header"),  # cut in the header
+    (lambda path: retag(path, _colour), r"3 samples per pixel \(RGB\); expected a greyscale MR image"),
+], ids=["header_cut_short", "colour"])
+def test_a_damaged_or_colour_file_is_refused_by_name(study, damage, expected: str, tmp_path: Path) -> None:
+    files = write_cine_dicom(study.image, study.affine, tmp_path / "dicom")
+    damage(files[3])
+    with pytest.raises(CSTMInputError, match=f"{files[3].name}: {expected}"):
+        scan_cine_dicom(tmp_path / "dicom")
+
+
+def test_an_unreadable_file_is_refused_not_skipped(study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file we may not read (chmod does not stop root, so dcmread is made to fail) would drop one frame."""
+    files = write_cine_dicom(study.image, study.affine, tmp_path / "dicom")
+    dcmread = pydicom.dcmread
+
+    def denied(path, *args, **kwargs):
+        if Path(path) == files[3]:
+            raise PermissionError(13, "Permission denied", str(path))
+        return dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", denied)
+    with pytest.raises(CSTMInputError, match=f"{files[3].name}: cannot read the file \\(Permission denied\\)"):
+        scan_cine_dicom(tmp_path / "dicom")
+
+
+def test_our_refusal_is_not_hidden_by_another_reader(study, tmp_path: Path) -> None:
+    """Given a reader, MONAI's LoadImage tries every registered reader when one fails: our error must still reach the
+    user, not "cannot find a suitable reader" nor MONAI's PydicomReader reading the folder we refused."""
+    files = write_cine_dicom(study.image, study.affine, tmp_path / "dicom")
+    files[0].write_bytes(files[0].read_bytes()[:-500])  # pixel data cut short
+    with pytest.raises(Exception) as raised:
+        LoadImaged("image", reader=CineDicomReader(), image_only=True)({"image": str(tmp_path / "dicom")})
+    error = find_input_error(raised.value)
+    assert error is not None, f"{type(raised.value).__name__}: {raised.value}"
+    assert f"{files[0].name}: cannot read the DICOM pixel data" in str(error)

@@ -24,6 +24,8 @@ DICOM_DIR = "dicom"
 
 _SAME = {"ImageOrientationPatient": "orientation", "Rows": "row count", "Columns": "column count", "PixelSpacing": "pixel spacing"}
 _TOLERANCE_MM = 1e-3
+_SAME_PHASE_MS = 1e-3
+"""Trigger times closer than this are one phase (two files of it at one position: a duplicate)."""
 _GAP_TOLERANCE = 0.1
 """Slice gaps may differ by this fraction of their median (rounding of positions in the headers); more is refused."""
 
@@ -34,21 +36,57 @@ def _attribute(ds: Any, name: str, path: Path) -> Any:
     return ds.data_element(name).value
 
 
+def _number(ds: Any, name: str, path: Path) -> float:
+    """The tag ``name`` of ``ds`` as a float (a DS or IS value), or an error naming the file and the tag."""
+    value = _attribute(ds, name, path)
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise CSTMInputError(path, f"DICOM {name} is {value!r}", "a number") from e
+
+
 def _read_headers(folder: Path) -> list[tuple[Path, Any]]:
+    """The headers of the images under ``folder``; other files (README, DICOMDIR, reports) are skipped, but an
+    unreadable file, a file of the images' SOP class without an image header (a header cut short) and a multi-frame
+    or colour image are refused, naming the file.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    found = []
+    found, other = [], []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError):
-            continue  # README, DICOMDIR-less extras: not images of the series
-        if "PixelData" in ds or "Rows" in ds:
-            found.append((path, ds))
+        except InvalidDicomError:
+            continue  # README, notes: not DICOM files
+        except OSError as e:  # skipping an unreadable image would drop a frame silently
+            raise CSTMInputError(path, f"cannot read the file ({e.strerror or e})", "a readable DICOM file") from e
+        except Exception as e:  # pydicom raises many types for a damaged header
+            raise CSTMInputError(path, f"cannot be read as DICOM ({e})", "a complete DICOM file") from e
+        (found if "PixelData" in ds or "Rows" in ds else other).append((path, ds))
     if not found:
         raise CSTMInputError(folder, "no DICOM image found", "a folder holding one cine series")
+    image_classes = {_sop_class(ds) for _, ds in found}
+    for path, ds in other:
+        if _sop_class(ds) in image_classes:
+            raise CSTMInputError(path, "DICOM image without an image header (Rows, Columns): file cut short?",
+                                 "a complete image file, or no such file in the series folder")
+    for path, ds in found:
+        frames = ds.get("NumberOfFrames", 1)
+        if int(frames or 1) > 1:
+            raise CSTMInputError(path, f"multi-frame DICOM image ({frames} frames in one file)",
+                                 "one 2D frame per file (export an enhanced multi-frame series as classic images)")
+        if int(ds.get("SamplesPerPixel", 1)) != 1:
+            raise CSTMInputError(path, f"{ds.SamplesPerPixel} samples per pixel "
+                                       f"({ds.get('PhotometricInterpretation', 'colour')})", "a greyscale MR image")
     return found
+
+
+def _sop_class(ds: Any) -> str | None:
+    """The file's SOP class (MR Image Storage, ...), from the dataset or else its file meta information."""
+    meta = getattr(ds, "file_meta", None)
+    uid = ds.get("SOPClassUID", None) or (meta.get("MediaStorageSOPClassUID", None) if meta else None)
+    return None if uid is None else str(uid)
 
 
 def _check_one_acquisition(folder: Path, headers: list[tuple[Path, Any]]) -> None:
@@ -58,6 +96,47 @@ def _check_one_acquisition(folder: Path, headers: list[tuple[Path, Any]]) -> Non
             series = sorted({str(getattr(ds, "SeriesDescription", ds.get("SeriesInstanceUID", "?"))) for _, ds in headers})
             raise CSTMInputError(folder, f"mixed series: {len(values)} different {what}s among {len(headers)} "
                                          f"images (series {', '.join(series)})", "the images of one cine acquisition")
+    timed = [p for p, ds in headers if "TriggerTime" in ds]
+    if 0 < len(timed) < len(headers):
+        untimed = next(p for p, ds in headers if "TriggerTime" not in ds)
+        raise CSTMInputError(untimed, f"DICOM image without TriggerTime, while {len(timed)} of the {len(headers)} "
+                                      "images of the folder have one", "TriggerTime on every image (or on none: "
+                                      "then InstanceNumber orders the phases)")
+
+
+_ACQUISITION = ("SeriesInstanceUID", "AcquisitionNumber")
+"""The tags that tell one acquisition from another (a repeat of a slice has other values)."""
+
+
+def _acquisition(ds: Any) -> tuple[str, ...]:
+    return tuple(str(ds.get(name, "")) for name in _ACQUISITION)
+
+
+def _check_one_frame_each(folder: Path, position: float, frames: list[tuple[float, Path, Any]]) -> None:
+    """Every image at one slice position comes from one acquisition and has its own phase.
+
+    Args:
+        folder: the series folder, for the message.
+        position: the slice position along the normal (mm).
+        frames: (trigger time or instance number, file, header) of the images at ``position``, sorted.
+    Raises:
+        CSTMInputError: two acquisitions (series or acquisition numbers) at one position, or two files of one phase.
+    """
+    first: dict[tuple[str, ...], Path] = {}
+    for _, path, ds in frames:
+        first.setdefault(_acquisition(ds), path)
+    if len(first) > 1:
+        (a, path_a), (b, path_b) = list(first.items())[:2]
+        differ = " and ".join(name for name, x, y in zip(_ACQUISITION, a, b) if x != y)
+        raise CSTMInputError(folder, f"{len(first)} acquisitions at slice position {position:.2f} mm "
+                                     f"({path_a.relative_to(folder)} and {path_b.relative_to(folder)} differ in {differ})",
+                             "one acquisition of each slice: move the repeat into a study folder of its own")
+    for (when_a, path_a, ds), (when_b, path_b, _) in zip(frames, frames[1:]):
+        if abs(when_b - when_a) < _SAME_PHASE_MS:
+            phase = f"trigger time {when_a:g} ms" if "TriggerTime" in ds else f"instance number {when_a:g}"
+            raise CSTMInputError(folder, f"duplicate frame: {path_a.relative_to(folder)} and "
+                                         f"{path_b.relative_to(folder)} have the same slice position ({position:.2f} mm)"
+                                         f" and {phase}", "one file per slice and phase")
 
 
 class CineSeries(NamedTuple):
@@ -75,8 +154,10 @@ def scan_cine_dicom(folder: str | os.PathLike) -> CineSeries:
     product of the column and row directions, so the voxel axes are right-handed in LPS), phases by ``TriggerTime`` (``InstanceNumber`` where absent).
 
     Raises:
-        CSTMInputError: no images, mixed series, missing position/timing tags or unequal phase counts, naming the
-            folder or file.
+        CSTMInputError: naming the folder or file: no images; mixed series; a multi-frame, colour or cut-short file;
+            missing or unreadable position/timing tags, or TriggerTime on some images only; two acquisitions at one
+            slice position (series or AcquisitionNumber); two files of one slice and phase; unequal phase counts;
+            uneven slice gaps.
     """
     folder = Path(folder)
     headers = _read_headers(folder)
@@ -86,16 +167,19 @@ def scan_cine_dicom(folder: str | os.PathLike) -> CineSeries:
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(col_dir, row_dir)  # axis 0 x axis 1: a right-handed (LPS) voxel frame
 
-    slices: dict[float, list[tuple[float, Path]]] = {}
+    slices: dict[float, list[tuple[float, Path, Any]]] = {}
     origin: dict[float, np.ndarray] = {}
     for path, ds in headers:
         corner = np.asarray(_attribute(ds, "ImagePositionPatient", path), float)
         position = float(np.dot(corner, normal))
         key = next((k for k in slices if abs(k - position) < _TOLERANCE_MM), position)
-        when = float(ds.TriggerTime) if "TriggerTime" in ds else float(_attribute(ds, "InstanceNumber", path))
-        slices.setdefault(key, []).append((when, path))
+        when = _number(ds, "TriggerTime" if "TriggerTime" in ds else "InstanceNumber", path)
+        slices.setdefault(key, []).append((when, path, ds))
         origin.setdefault(key, corner)
     positions = sorted(slices)
+    for s in positions:
+        slices[s].sort(key=lambda frame: frame[:2])
+        _check_one_frame_each(folder, s, slices[s])
     counts = sorted({len(slices[s]) for s in positions})
     if len(counts) > 1:
         raise CSTMInputError(folder, f"slices have different numbers of phases ({counts})",
@@ -114,7 +198,7 @@ def scan_cine_dicom(folder: str | os.PathLike) -> CineSeries:
     lps[:3, 1] = row_dir * col_spacing  # along a row (array axis 1)
     lps[:3, 2] = normal * step
     lps[:3, 3] = origin[positions[0]]
-    files = [[path for _, path in sorted(slices[s])] for s in positions]
+    files = [[path for _, path, _ in slices[s]] for s in positions]
     shape = (int(ds0.Rows), int(ds0.Columns), len(positions), counts[0])
     return CineSeries(files, shape, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)  # LPS -> RAS
 
@@ -140,23 +224,41 @@ def read_cine_dicom(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                 pixels = ds.pixel_array.astype(np.float32)
             except Exception as e:  # pydicom raises many types for damaged or undecodable pixel data
                 raise CSTMInputError(path, f"cannot read the DICOM pixel data ({e})", "a readable image") from e
+            if pixels.shape != series.shape[:2]:
+                raise CSTMInputError(path, f"DICOM pixel data of shape {pixels.shape}",
+                                     f"one {series.shape[0]} x {series.shape[1]} greyscale frame")
             volume[:, :, z, t] = pixels * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
     return volume, series.affine
 
 
 class CineDicomReader(ImageReader):
     """A MONAI ``ImageReader`` for :func:`read_cine_dicom`: ``LoadImaged(keys, reader=CineDicomReader())`` reads a
-    series folder into a (H, W, Z, T) ``MetaTensor`` with its RAS affine; NIfTI files go to the next reader."""
+    series folder into a (H, W, Z, T) ``MetaTensor`` with its RAS affine; NIfTI files go to the next reader.
+
+    ``read`` only takes the folder and ``get_data`` reads it: given a reader, MONAI's ``LoadImage`` calls every
+    registered reader's ``read`` in turn inside ``try/except Exception`` (monai/transforms/io/array.py,
+    ``LoadImage.__call__``), so an error raised in ``read`` would be hidden behind "cannot find a suitable reader",
+    or MONAI's own ``PydicomReader`` would read the folder we refused. ``get_data`` runs outside that ``try``, so our
+    :class:`CSTMInputError` reaches the user.
+    """
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
         return len(names) == 1 and Path(names[0]).is_dir()
 
-    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        return read_cine_dicom(data if isinstance(data, (str, os.PathLike)) else data[0])
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Path:
+        """The series folder, unread (see the class docstring).
 
-    def get_data(self, img: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, dict]:
-        volume, affine = img
+        Raises:
+            CSTMInputError: ``data`` is not one folder (``LoadImage`` then tries its next reader).
+        """
+        if not self.verify_suffix(data):
+            raise CSTMInputError(str(data), "not a DICOM series folder", "a folder (NIfTI files go to the next reader)")
+        return Path(data if isinstance(data, (str, os.PathLike)) else data[0])
+
+    def get_data(self, img: Path) -> tuple[np.ndarray, dict]:
+        """Read the series folder ``img`` (:func:`read_cine_dicom`) into (H, W, Z, T) and its MONAI metadata."""
+        volume, affine = read_cine_dicom(img)
         meta = {MetaKeys.AFFINE: affine, MetaKeys.ORIGINAL_AFFINE: affine.copy(), MetaKeys.SPATIAL_SHAPE:
                 np.asarray(volume.shape[:3]), MetaKeys.SPACE: SpaceKeys.RAS, MetaKeys.ORIGINAL_CHANNEL_DIM: "no_channel"}
         return volume, meta
