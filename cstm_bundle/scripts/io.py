@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
 
 from .errors import FULL_DISK, CSTMInputError
 
@@ -60,6 +63,20 @@ def _write_error(path: str | os.PathLike, error: OSError) -> CSTMInputError:
         return CSTMInputError(path, f"disk is full, the file was not written ({error.strerror or error})",
                               "free space on the output disk, or another --output_dir")
     return CSTMInputError(path, f"cannot write the file ({error.strerror or error})", "a writable --output_dir")
+
+
+def save_torch(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``torch.save`` atomically (:func:`write_atomic`). torch reports a failed write (a full disk) as a
+    ``RuntimeError`` ("PytorchStreamWriter failed writing file"); it is raised as the write error it is."""
+
+    def write(tmp: str) -> None:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            full = shutil.disk_usage(Path(tmp).parent).free < 2**20
+            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else str(e), tmp) from e
+
+    return write_atomic(path, write, overwrite)
 
 
 def _umask() -> int:

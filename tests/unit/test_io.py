@@ -39,3 +39,26 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_during_torch_save_is_named_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch reports a failed write as RuntimeError; a checkpoint on a full disk says so and leaves no file."""
+    from collections import namedtuple
+
+    import torch
+
+    from scripts.io import save_torch
+
+    def fail(obj, f):
+        Path(f).write_bytes(b"PK\x03\x04 half")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", fail)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda _: usage(10**9, 10**9, 0))
+    with pytest.raises(CSTMInputError, match="checkpoint_last.pt: disk is full"):
+        save_torch({"a": 1}, tmp_path / "checkpoint_last.pt", overwrite=True)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr("shutil.disk_usage", lambda _: usage(10**9, 0, 10**9))
+    with pytest.raises(CSTMInputError, match="model.pt: cannot write the file .*PytorchStreamWriter"):
+        save_torch({"a": 1}, tmp_path / "model.pt", overwrite=True)

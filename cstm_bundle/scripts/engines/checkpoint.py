@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
 from ..errors import CSTMInputError
-from ..io import write_atomic
+from ..io import save_torch
 from ..networks.weights import check_recorded_network, first_line, read_checkpoint, save_weights, weights_record
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _save_torch(obj: Any, path: Path) -> Path:
     save leaves the old file intact. MONAI's ``CheckpointSaver`` cannot promise that: it gives ignite's ``DiskSaver``
     ``atomic=False`` (so it writes in place), and ignite's ``Checkpoint`` (0.5.5) removes the previous file before it
     writes the next one, so a kill in between leaves none. (ignite's ``DiskSaver`` on its own is atomic by default.)"""
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
+    return save_torch(obj, path, overwrite=True)
 
 
 def check_run_folder(output_dir: str | os.PathLike, resume: bool = False) -> None:

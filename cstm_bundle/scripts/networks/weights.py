@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import CSTMInputError
-from ..io import write_atomic
+from ..io import save_torch
 from .cstm import CSTM, VARIANTS, build_cstm
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def save_weights(network: CSTM, path: str | os.PathLike, record: dict[str, Any] 
     """
     record = {**(record or weights_record(network)), "network": dict(network.config)}
     state = {"model": network.state_dict(), **record}
-    return write_atomic(path, lambda tmp: torch.save(state, tmp), overwrite=True)
+    return save_torch(state, path, overwrite=True)
 
 
 def build_cstm_from_checkpoint(
