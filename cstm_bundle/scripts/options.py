@@ -71,6 +71,7 @@ OPTIONS: dict[str, Option] = {
     "overwrite": _BOOL, "amp": _BOOL, "progress": _BOOL, "clinical_outputs": _BOOL, "clinical_pictures": _BOOL,
     "clinical_phases": Option("choice", choices=("info", "volume")),
     "demo_studies": _int(1), "demo_seed": _int(0), "max_batch": _int(1),
+    "on_error": Option("choice", choices=("continue", "stop")), "skip_done": _BOOL,
     # network and propagation
     "variant": Option("choice", choices=("small", "full"), optional=True),
     "matching_mode": Option("choice", choices=("plm", "dense"), optional=True),

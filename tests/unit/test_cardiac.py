@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from PIL import Image
 
 from scripts.metrics import CardiacOutputsd, cardiac_function, voxel_volume_ml
-from scripts.metrics.pictures import CURVE_DPI, CURVE_SIZE, GAP, montage_phases
+from scripts.metrics.pictures import ALPHA, COLOURS, CURVE_DPI, CURVE_SIZE, GAP, montage_phases, overlay
 
 SPACING = (0.5, 0.5, 8.0)  # mm
 SHAPE = (260, 260, 6)
@@ -65,6 +65,16 @@ def test_given_phases_and_absent_structure() -> None:
     assert (result["ed_phase"], result["es_phase"], result["ed_source"]) == (1, 2, "info.json")
     assert result["rv"]["ef_percent"] is None  # documented: EF undefined when EDV is 0, never NaN or an error
     assert result["rv"]["edv_ml"] == 0.0
+
+
+def test_overlay_blends_each_class_colour_over_the_grey_image() -> None:
+    """The same colour per class in every frame (not rescaled to the labels a frame holds), background left grey."""
+    image = np.array([[0.0, 50.0, 100.0, 150.0, 200.0]])  # grey 0 .. 127.5 in the window 0..400
+    for labels in (np.array([[0, 1, 2, 3, 0]]), np.array([[0, 0, 2, 0, 0]])):
+        rgb = overlay(image, labels, 0.0, 400.0).astype(float)
+        want = np.stack([np.full(3, g) if v == 0 else (1 - ALPHA) * g + ALPHA * np.asarray(COLOURS[v])
+                         for g, v in zip(image[0] / 400 * 255, labels[0])])
+        np.testing.assert_allclose(rgb[0], want, atol=1)
 
 
 @pytest.fixture

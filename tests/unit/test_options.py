@@ -63,6 +63,9 @@ def test_integer_float_and_choice_flags_through_the_bundle_runner(monkeypatch: p
         (7, 1e-4, "full", [16], None)
     built = _run_options(["inference.json"], "--max_batch=4", "--continuity", "spatial", monkeypatch=monkeypatch)
     assert (built.max_batch, built.continuity, built.variant, built.roi_size) == (4, "spatial", None, None)
+    assert (built.on_error, built.skip_done) == ("continue", False)  # the defaults
+    built = _run_options(["inference.json"], "--on_error", "Stop", "--skip_done", "yes", monkeypatch=monkeypatch)
+    assert (built.on_error, built.skip_done) == ("stop", True)
 
 
 @pytest.mark.parametrize("flag, value, expected", [
@@ -71,6 +74,8 @@ def test_integer_float_and_choice_flags_through_the_bundle_runner(monkeypatch: p
     ("max_batch", "0", "--max_batch: got 0; expected an integer >= 1."),
     ("continuity", "diagonal", "--continuity: got 'diagonal'; expected one of both, spatial, temporal."),
     ("max_batch", "many", "--max_batch: got 'many'; expected an integer >= 1."),
+    ("on_error", "skip", "--on_error: got 'skip'; expected one of continue, stop."),
+    ("skip_done", "done", "--skip_done: got 'done'; expected true or false."),
 ])
 def test_bad_flags_are_refused_in_one_line(flag: str, value: str, expected: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,6 +42,7 @@ def list_studies(
     dataset_layout: str = "study",
     layout_dir: str | os.PathLike | None = None,
     info_csv: str | os.PathLike | None = None,
+    check: bool = True,
 ) -> list[dict[str, str]]:
     """Find the study folders under ``dataset_dir`` (or ``dataset_dir`` itself if it is one study).
 
@@ -59,6 +60,9 @@ def list_studies(
             into study folders under ``layout_dir`` (:func:`~.layouts.convert_layout`), which are listed.
         layout_dir: where a dataset in another layout is converted to; required unless ``dataset_layout="study"``.
         info_csv: M&Ms info CSV (None: looked for next to the dataset).
+        check: check each study's image and log the sub-folders that are not studies (:func:`skipped_folders`);
+            False where the caller checks and reports each study itself (:class:`~.batch.StudyBatch`). The folders
+            are logged anyway when no study is found.
     Returns:
         dicts with "image" (the NIfTI file or DICOM folder, see :func:`study_image`), "study" (folder name) and
         "study_dir", sorted by name.
@@ -66,6 +70,7 @@ def list_studies(
         CSTMInputError: the folder does not exist or holds no study, the split is empty, or a study's image is not a
             readable 4D NIfTI (:func:`check_image_file`) or one cine DICOM series (:func:`~.dicom.scan_cine_dicom`);
             checked here because ``LoadImaged`` reads it first and hides the reason.
+            The images are not checked with ``check=False``.
     """
     if dataset_layout != "study":
         from .layouts import convert_layout
@@ -85,8 +90,9 @@ def list_studies(
         raise CSTMInputError(root, "dataset folder does not exist", "a folder of study folders or one study folder")
     folders = [root] if study_image(root) else sorted(p for p in root.iterdir() if study_image(p) and not
                                                       p.name.startswith("."))
-    if folders != [root]:
-        _report_skipped(root, folders)
+    if folders != [root] and (check or not folders):
+        for folder, problem in skipped_folders(root, folders):
+            logger.warning(f"{folder}: skipped, {problem}")
     if dataset_layout != "study":
         folders = [p for p in folders if p in converted]  # not the leftovers of an earlier conversion
     if not folders:
@@ -100,7 +106,7 @@ def list_studies(
                                  "split 'train' or 'val' and 0 <= num_val < number of studies")
         folders = folders[len(folders) - num_val:] if split == "val" else folders[: len(folders) - num_val]
     images = [study_image(p) for p in folders]
-    for image in images:
+    for image in images if check else ():
         if image.name == IMAGE_FILE:
             check_image_file(image)
         else:
@@ -164,15 +170,25 @@ def sample_weights(datalist: list[dict[str, Any]]) -> list[float]:
     return [s["sample_weight"] for s in datalist]
 
 
-def _report_skipped(root: Path, studies: list[Path]) -> None:
-    """Log every sub-folder of ``root`` that looks like a study but is not one (never skipped silently); hidden
-    folders (``.git``, ``.cache``) are not studies and are passed over quietly."""
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in studies):
+def skipped_folders(root: str | os.PathLike, studies: list[Path]) -> list[tuple[Path, str]]:
+    """The sub-folders of ``root`` that look like a study but are not one (never to be passed over silently): those
+    holding NIfTI, JSON or DICOM files but no image. Hidden folders (``.git``, ``.cache``) are not studies and are not
+    listed.
+
+    Args:
+        root: a folder of study folders.
+        studies: its study folders (:func:`list_studies`).
+    Returns:
+        (folder, problem) for each, sorted by name.
+    """
+    skipped = []
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")
+                         and p not in studies):
         files = sorted(f.name for f in folder.iterdir() if f.name.endswith((".nii", ".nii.gz", ".json", ".dcm")))
         if files:
-            logger.warning(f"{folder}: skipped, not a study: no {IMAGE_FILE} or {DICOM_DIR}/ (it has "
-                           f"{', '.join(files[:4])}{', ...' if len(files) > 4 else ''}; an uncompressed image.nii "
-                           "must be gzipped)")
+            skipped.append((folder, f"not a study: no {IMAGE_FILE} or {DICOM_DIR}/ (it has {', '.join(files[:4])}"
+                                    f"{', ...' if len(files) > 4 else ''}; an uncompressed image.nii must be gzipped)"))
+    return skipped
 
 
 def study_image(study_dir: str | os.PathLike) -> Path | None:

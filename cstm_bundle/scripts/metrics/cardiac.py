@@ -30,6 +30,8 @@ MYOCARDIAL_DENSITY = 1.05
 """g/mL, for LV myocardial mass = myocardial volume at ED × 1.05."""
 VOLUMES_FILE = "volumes.csv"
 FUNCTION_FILE = "cardiac_function.json"
+PICTURE_FILES = ("volume_curve.png", "montage.png", "middle_slice.gif")
+"""What :func:`~.pictures.write_pictures` writes."""
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
@@ -184,6 +186,11 @@ class CardiacOutputsd(MapTransform):
         for path in written:
             logger.info(f"{d['study']}: written {path}")
         return d
+
+    def output_files(self, study: str) -> list[Path]:
+        """The files that this transform writes for ``study`` (none when disabled), in the order it writes them."""
+        names = (VOLUMES_FILE, FUNCTION_FILE) + (PICTURE_FILES if self.pictures else ()) if self.enabled else ()
+        return [self.output_dir / study / name for name in names]
 
     def _write_volumes(self, result: dict[str, Any], path: Path) -> Path:
         volumes = result["volumes_ml"]

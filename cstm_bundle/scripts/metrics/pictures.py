@@ -1,7 +1,8 @@
 """Pictures of a segmented cine study: the volume-time curves (PNG), a slices × phases overlay montage (PNG) and the
 middle slice over the cycle (animated GIF). Images are shown in array order (rows = axis 0), not re-oriented.
 
-Colours: RV blue, myocardium green, LV blood pool red, blended at 40 % over the grey image.
+Colours: RV blue, myocardium green, LV blood pool red, blended at 40 % over the grey image by MONAI's
+``blend_images``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.colors import ListedColormap
+from monai.visualize import blend_images
 from PIL import Image
 
 from ..io import write_atomic
+from .cardiac import PICTURE_FILES
 
 COLOURS = {1: (30, 120, 255), 2: (40, 200, 80), 3: (240, 50, 50)}
+LABEL_CMAP = ListedColormap(np.array([(0, 0, 0), *COLOURS.values()]) / 255)
+"""Label value v at v / 3 in [0, 1] -> COLOURS[v] (background is left uncoloured)."""
 ALPHA = 0.4
 GAP = 2
 """Pixels between montage tiles."""
@@ -26,12 +32,10 @@ CURVE_DPI = 100
 
 def overlay(image: np.ndarray, labels: np.ndarray, low: float, high: float) -> np.ndarray:
     """(H, W) image and labels -> (H, W, 3) uint8 RGB: grey image (``low``..``high`` -> 0..255) with coloured labels."""
-    grey = np.clip((np.asarray(image, dtype=np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255
-    rgb = np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3)
-    for value, colour in COLOURS.items():
-        mask = labels == value
-        rgb[mask] = (1 - ALPHA) * rgb[mask] + ALPHA * np.asarray(colour, dtype=np.float32)
-    return rgb.astype(np.uint8)
+    grey = np.clip((np.asarray(image, dtype=np.float32) - low) / max(high - low, 1e-6), 0, 1)
+    # cmap is typed str, but a Colormap works; rescale_arrays=False keeps each class its colour in every frame
+    rgb = blend_images(grey[None], labels[None] / len(COLOURS), ALPHA, LABEL_CMAP, rescale_arrays=False)  # (3, H, W)
+    return (np.moveaxis(rgb, 0, -1) * 255).astype(np.uint8)
 
 
 def montage_phases(num_phases: int, ed: int, es: int) -> list[int]:
@@ -118,12 +122,12 @@ def write_pictures(image: np.ndarray, labels: np.ndarray, result: dict[str, Any]
     """
     folder = Path(folder)
     fig = volume_curve_figure(result)
-    paths = [write_atomic(folder / "volume_curve.png", lambda tmp: fig.savefig(tmp, format="png"), overwrite)]
+    paths = [write_atomic(folder / PICTURE_FILES[0], lambda tmp: fig.savefig(tmp, format="png"), overwrite)]
     tiles = montage(image, labels, montage_slices(image.shape[2]),
                     montage_phases(image.shape[3], result["ed_phase"], result["es_phase"]))
-    paths.append(write_atomic(folder / "montage.png", lambda tmp: Image.fromarray(tiles).save(tmp, format="PNG"),
+    paths.append(write_atomic(folder / PICTURE_FILES[1], lambda tmp: Image.fromarray(tiles).save(tmp, format="PNG"),
                               overwrite))
     frames = [Image.fromarray(f) for f in cycle_frames(image, labels, image.shape[2] // 2)]
-    paths.append(write_atomic(folder / "middle_slice.gif", lambda tmp: frames[0].save(
+    paths.append(write_atomic(folder / PICTURE_FILES[2], lambda tmp: frames[0].save(
         tmp, format="GIF", save_all=True, append_images=frames[1:], duration=80, loop=0), overwrite))
     return paths

@@ -19,7 +19,8 @@ class StudyTimer:
     - ``postprocessing``: saving, clinical outputs, scoring (``FORWARD_COMPLETED`` -> ``ITERATION_COMPLETED``; attach
       this handler after the others so it runs last);
 
-    and ``fps``: the study's Z*T frames divided by the inference seconds. ``records`` keeps one dict per study.
+    and ``fps``: the study's Z*T frames divided by the inference seconds. ``records`` keeps one dict per study; a
+    study that failed (no output: :class:`~scripts.data.StudyBatch`) is not timed.
     """
 
     def __init__(self) -> None:
@@ -37,6 +38,9 @@ class StudyTimer:
 
     def _record(self, engine: Engine) -> None:
         end = time.perf_counter()
+        if engine.state.output is None:
+            self._marks = {}
+            return
         m = self._marks
         batch = engine.state.batch
         items = batch if isinstance(batch, list) else [batch]

@@ -1,0 +1,234 @@
+"""A batch of studies through ``inference.json``: every study checked before the run, a bad one reported and passed
+over (or the run stopped), finished ones skipped on a rerun, and a summary at the end that fails the run.
+
+``inference.json`` wires it into MONAI's evaluator without changing it::
+
+    batch     = StudyBatch(datalist, ...)        the studies of --dataset_dir, unchecked
+    studies   = batch.screen()                   the valid, unfinished ones; the others listed (before any work)
+    dataset   = Dataset(studies, batch.load)     preprocessing; a failure becomes a marker item (no exception)
+    evaluator = SupervisedEvaluator(..., iteration_update=batch.run_study)   a failed study is logged and passed over
+    run       = batch.run(evaluator)             evaluator.run(), then the summary; non-zero exit if a study failed
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import CSTMInputError, find_input_error
+from .dicom import DICOM_DIR, scan_cine_dicom
+from .readers import check_image_file, image_geometry, read_info, skipped_folders
+from .transforms import LoadStudyd
+
+logger = logging.getLogger(__name__)
+
+FAILED_KEY = "study_error"
+"""Key of the item that :meth:`StudyBatch.load` returns for a study that failed to load: the problem, one line."""
+
+
+def check_study(study: Mapping[str, Any]) -> None:
+    """The checks of one study that read no pixel data: its image file or DICOM series (format, shape, geometry),
+    its ``info.json`` and its annotated frame (file, phase, grid, values, not empty), as ``LoadStudyd`` finds it.
+
+    What needs the pixels (NaN, a constant image) is checked when the study is loaded, during the run.
+
+    Args:
+        study: an item of :func:`~.readers.list_studies` ("image", "study_dir").
+    Raises:
+        CSTMInputError: naming the file and the problem.
+    """
+    image, folder = Path(study["image"]), Path(study["study_dir"])
+    if image.name == DICOM_DIR:
+        shape = scan_cine_dicom(image).shape
+    else:
+        shape = check_image_file(image)
+    affine, _ = image_geometry(image)
+    LoadStudyd._annotation(folder, read_info(folder), tuple(shape), affine)  # the run's own check, minus the pixels
+
+
+def describe(error: BaseException, study_dir: str | os.PathLike | None = None) -> str:
+    """One line for a study's failure: the :class:`CSTMInputError` behind ``error`` (MONAI wraps the errors of
+    transforms), else the innermost cause as ``Type: message``; paths inside ``study_dir`` are made relative to it."""
+    cause = find_input_error(error)
+    if cause is None:
+        cause = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        text = f"{type(cause).__name__}: {cause}"
+    else:
+        text = str(cause)
+    if study_dir is not None:
+        text = text.replace(f"{study_dir}{os.sep}", "").removeprefix(f"{study_dir}: ")
+    return " ".join(text.split())[:500]
+
+
+class StudyBatch:
+    """The studies of one inference run, and what became of each: bad before the run, done earlier (skipped),
+    failed during the run, or segmented.
+
+    Args:
+        studies: :func:`~.readers.list_studies` of ``dataset_dir``, with ``check=False`` (this class checks them).
+        dataset_dir: the dataset folder (a folder of studies, or one study).
+        transform: the preprocessing of one study (``LoadImaged`` ... ``LoadStudyd``), applied by :meth:`load`.
+        writers: the postprocessing transforms; those with ``output_files(study)`` name what a finished study has.
+        on_error: "continue": a bad study is listed and passed over, the others processed, and :meth:`run` ends
+            with a summary and an error; "stop": the first bad study stops the run with its error.
+        skip_done: pass over a study whose outputs (every file of ``writers``) all exist, with a log line.
+    """
+
+    def __init__(self, studies: Sequence[Mapping[str, Any]], dataset_dir: str | os.PathLike,
+                 transform: Callable[[Any], Any], writers: Iterable[Any] = (),
+                 on_error: Literal["continue", "stop"] = "continue", skip_done: bool = False):
+        if on_error not in ("continue", "stop"):
+            raise ValueError(f"on_error must be 'continue' or 'stop', got {on_error!r}.")
+        self.studies = [dict(s) for s in studies]
+        self.dataset_dir = Path(dataset_dir)
+        self.transform, self.writers = transform, list(writers)
+        self.on_error, self.skip_done = on_error, skip_done
+        self.todo: list[dict[str, Any]] | None = None
+        self.done: list[str] = []
+        self.failed: dict[str, str] = {}
+        """study folder -> problem (one line)."""
+        self._first_error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"StudyBatch({len(self.studies)} studies in {self.dataset_dir}, on_error={self.on_error!r})"
+
+    def output_files(self, study: str) -> list[Path]:
+        """The files a finished ``study`` has (each written atomically: present means complete)."""
+        return [p for w in self.writers if hasattr(w, "output_files") for p in w.output_files(study)]
+
+    def screen(self) -> list[dict[str, Any]]:
+        """Check every study before the run (:func:`check_study`) and list each bad one, one line each (study
+        folder and problem); a sub-folder that looks like a study but is not one (``image.nii``) is a bad study too.
+
+        Returns:
+            the studies to process: valid and, with ``skip_done``, not finished. The same list on every call.
+        Raises:
+            CSTMInputError: with ``on_error="stop"``, the first bad study's error (after listing them all); with
+                "continue", when no study is left to process because all failed: the study's own error for a single
+                study, else a summary.
+        """
+        if self.todo is not None:
+            return self.todo
+        folders = [Path(s["study_dir"]) for s in self.studies]
+        bad: list[tuple[str, BaseException]] = []
+        if folders and all(f.parent == self.dataset_dir for f in folders):  # listed from dataset_dir (no datalist)
+            bad += [(str(f), CSTMInputError(f, problem)) for f, problem in skipped_folders(self.dataset_dir, folders)]
+        todo = []
+        for study in self.studies:
+            if self.skip_done and self._finished(study["study"]):
+                logger.info(f"{study['study']}: skipped, done already (--skip_done true): "
+                            f"{self.output_files(study['study'])[0].parent}")
+                self.done.append(study["study"])
+                continue
+            try:
+                check_study(study)
+            except Exception as e:  # the up-front checks raise CSTMInputError; anything else is listed the same way
+                bad.append((study["study_dir"], e))
+                continue
+            todo.append(study)
+        bad.sort(key=lambda item: item[0])
+        for folder, error in bad:
+            logger.error(f"bad study {folder}: {describe(error, folder)}")
+            self._record(folder, error)
+        if bad and self.on_error == "stop":
+            raise bad[0][1]
+        if self.skip_done and not self.output_files("any"):
+            logger.warning("--skip_done: the postprocessing writes no per-study file, so no study counts as done")
+        if bad:
+            logger.warning(f"{len(bad)} bad {'study' if len(bad) == 1 else 'studies'} listed above will not be "
+                           f"processed; {len(todo)} will (--on_error continue)")
+        self.todo = todo
+        if bad and not todo and not self.done:
+            self._raise_failures()
+        return todo
+
+    def _finished(self, study: str) -> bool:
+        files = self.output_files(study)
+        missing = [p.name for p in files if not p.is_file()]
+        if missing and len(missing) < len(files):
+            logger.warning(f"{study}: not done, {len(files) - len(missing)} of its {len(files)} outputs exist (missing "
+                           f"{', '.join(missing)}); it is redone only with --overwrite true")
+        return bool(files) and not missing
+
+    def _record(self, study_dir: str, error: BaseException) -> None:
+        self.failed[str(study_dir)] = describe(error, study_dir)
+        if len(self.studies) == 1 and self._first_error is None:  # re-raised at the end; in a batch of several
+            self._first_error = find_input_error(error) or error  # studies, kept frames could hold a study's tensors
+
+    def load(self, study: Mapping[str, Any]) -> Any:
+        """The preprocessing of one study (the ``Dataset``'s transform). With ``on_error="continue"`` a failure is
+        logged and returned as ``{"study", "study_dir", FAILED_KEY: problem}``, which :meth:`run_study` passes over."""
+        try:
+            return self.transform(study)
+        except Exception as e:
+            if self.on_error == "stop":
+                raise
+            logger.error(f"study {study['study_dir']} failed: {describe(e, study['study_dir'])}")
+            self._record(study["study_dir"], e)  # in this process (num_workers 0); run_study records the marker too
+            return {"study": study["study"], "study_dir": study["study_dir"], FAILED_KEY: describe(e, study["study_dir"])}
+
+    def run_study(self, engine: Any, batch: Any) -> Any:
+        """The evaluator's iteration (its ``iteration_update``): MONAI's own ``_iteration`` (inference and
+        postprocessing) on one study; with ``on_error="continue"`` a study that failed to load, or fails here, is
+        recorded and gives no output (None), and the run goes on with the next study.
+
+        Args:
+            engine: the ``SupervisedEvaluator``.
+            batch: the collated batch of one study (``batch_size`` 1).
+        """
+        folders = batch.get("study_dir") if isinstance(batch, dict) else None
+        folder = str(folders[0] if isinstance(folders, (list, tuple)) else folders)
+        if isinstance(batch, dict) and FAILED_KEY in batch:
+            problems = batch[FAILED_KEY]
+            self.failed[folder] = str(problems[0] if isinstance(problems, (list, tuple)) else problems)
+            return None
+        try:
+            return engine._iteration(engine, batch)
+        except Exception as e:
+            if self.on_error == "stop":
+                raise
+            logger.error(f"study {folder} failed: {describe(e, folder)}",
+                         exc_info=None if find_input_error(e) else e)  # a bug: its traceback is the report
+            self._record(folder, e)
+            return None
+
+    def run(self, evaluator: Any) -> None:
+        """Run ``evaluator`` over the screened studies (none: nothing to run), then log the summary.
+
+        Raises:
+            CSTMInputError: some studies failed (before or during the run): the study's own error when the dataset
+                is one study, else one line counting and naming them (each one's problem is logged above).
+        """
+        todo = self.screen()
+        if todo:
+            evaluator.run()
+        else:
+            logger.info("no study left to process")
+        processed = [s["study"] for s in todo if s["study_dir"] not in self.failed]
+        logger.info(f"batch of {self._total()} studies in {self.dataset_dir}: {len(processed)} processed, "
+                    f"{len(self.done)} skipped as done, {len(self.failed)} failed")
+        for folder, problem in sorted(self.failed.items()):
+            logger.error(f"failed: {folder}: {problem}")
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
+        if not self.failed:
+            return
+        if len(self.studies) == 1 and len(self.failed) == 1:  # the dataset is one study: its own error
+            if self._first_error is not None:
+                raise self._first_error
+            folder, problem = next(iter(self.failed.items()))
+            raise CSTMInputError(folder, problem.rstrip("."))
+        names = sorted(Path(f).name for f in self.failed)
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise CSTMInputError(self.dataset_dir, f"{len(names)} of {self._total()} studies failed ({shown})",
+                             "every study to pass; each failure is listed above, the other studies were processed")
+
+    def _total(self) -> int:
+        """The studies, and the folders that look like studies but are not (:func:`~.readers.skipped_folders`)."""
+        return len({s["study_dir"] for s in self.studies} | set(self.failed))
