@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from scripts.data import LoadStudyd, list_studies, write_phantom_studies
+from scripts.data import LoadStudyd, list_studies, prepare_dataset, write_phantom_studies
 from scripts.errors import CSTMInputError
 
 LOAD = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image", channel_dim="no_channel"),
@@ -89,7 +89,7 @@ def test_layout_loads_as_the_native_study(layout: str, native: Path, tmp_path: P
     source.mkdir()
     dataset = {"acdc": lambda: (_write_acdc(native, source), source)[1], "mnms": lambda: _write_mnms(native, source),
                "datalist": lambda: _write_datalist(native, source)}[layout]()
-    converted = list_studies(dataset, dataset_layout=layout, layout_dir=tmp_path / "studies")
+    converted = list_studies(prepare_dataset(dataset, layout, tmp_path / "studies"))
     expected = list_studies(native)
     assert len(converted) == len(expected) == 2
     for item, reference in zip(converted, expected):
@@ -100,7 +100,7 @@ def test_layout_loads_as_the_native_study(layout: str, native: Path, tmp_path: P
             torch.testing.assert_close(torch.as_tensor(got[key]), torch.as_tensor(want[key]), msg=f"{layout}: {key}")
         assert (got["label"] == 3).any() and set(torch.unique(got["label"]).tolist()) == {0, 1, 2, 3, 255}
 
-    again = list_studies(dataset, dataset_layout=layout, layout_dir=tmp_path / "studies", split="val", num_val=1)
+    again = list_studies(prepare_dataset(dataset, layout, tmp_path / "studies"), split="val", num_val=1)
     assert [s["study"] for s in again] == [converted[1]["study"]]  # converting again is harmless
 
 
@@ -109,17 +109,17 @@ def test_acdc_bad_info_cfg_names_the_file(native: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "acdc" / "patient002" / "Info.cfg"
     cfg.write_text("ED: one\nES: 8\n")
     with pytest.raises(CSTMInputError, match=f"{cfg}: ED is 'one'"):
-        list_studies(tmp_path / "acdc", dataset_layout="acdc", layout_dir=tmp_path / "studies")
+        list_studies(prepare_dataset(tmp_path / "acdc", "acdc", tmp_path / "studies"))
 
 
 def test_unknown_layout_and_missing_mnms_row(native: Path, tmp_path: Path) -> None:
     with pytest.raises(CSTMInputError, match="unknown dataset layout"):
-        list_studies(native, dataset_layout="nifti", layout_dir=tmp_path / "studies")
+        list_studies(prepare_dataset(native, "nifti", tmp_path / "studies"))
     labelled = _write_mnms(native, tmp_path / "mnms")
     (labelled / "Z9Z9Z9").mkdir()
     shutil.copy(labelled / "A0B0C0" / "A0B0C0_sa.nii.gz", labelled / "Z9Z9Z9" / "Z9Z9Z9_sa.nii.gz")
     with pytest.raises(CSTMInputError, match="mnms_info.csv: no row for Z9Z9Z9"):
-        list_studies(labelled, dataset_layout="mnms", layout_dir=tmp_path / "studies")
+        list_studies(prepare_dataset(labelled, "mnms", tmp_path / "studies"))
 
 
 def test_uncompressed_nii_sources_are_written_compressed(native: Path, tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_uncompressed_nii_sources_are_written_compressed(native: Path, tmp_path:
             nib.save(nib.load(gz), str(gz)[: -len(".gz")])
             item[key] = item[key][: -len(".gz")]
     dataset.write_text(json.dumps({"training": items}))
-    converted = list_studies(dataset, dataset_layout="datalist", layout_dir=tmp_path / "studies")
+    converted = list_studies(prepare_dataset(dataset, "datalist", tmp_path / "studies"))
     for item, reference in zip(converted, list_studies(native)):
         assert Path(item["image"]).read_bytes()[:2] == b"\x1f\x8b"
         got, want = LOAD(item), LOAD(reference)
@@ -143,10 +143,10 @@ def test_uncompressed_nii_sources_are_written_compressed(native: Path, tmp_path:
 
 def test_a_study_left_from_an_earlier_conversion_is_not_listed(native: Path, tmp_path: Path) -> None:
     dataset = _write_datalist(native, tmp_path / "src")
-    assert len(list_studies(dataset, dataset_layout="datalist", layout_dir=tmp_path / "studies")) == 2
+    assert len(list_studies(prepare_dataset(dataset, "datalist", tmp_path / "studies"))) == 2
     items = json.loads(dataset.read_text())["training"]
     dataset.write_text(json.dumps({"training": items[:1]}))  # the datalist drops a study
-    again = list_studies(dataset, dataset_layout="datalist", layout_dir=tmp_path / "studies")
+    again = list_studies(prepare_dataset(dataset, "datalist", tmp_path / "studies"))
     assert [s["study"] for s in again] == [items[0]["study"]]
 
 
@@ -160,7 +160,7 @@ def test_a_study_named_like_a_folder_beside_the_datalist_stays_a_name(bare_list:
     items = [{"study": study.name, "image": f"{study.name}/image.nii.gz", "ed": 0, "es": 1} for study in _studies(root)]
     (root / "datalist.json").write_text(json.dumps(items if bare_list else {"training": items}))
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    converted = list_studies(root / "datalist.json", dataset_layout="datalist", layout_dir=tmp_path / "studies")
+    converted = list_studies(prepare_dataset(root / "datalist.json", "datalist", tmp_path / "studies"))
     assert [(s["study"], Path(s["study_dir"]).parent) for s in converted] == [(i["study"], tmp_path / "studies")
                                                                                for i in items]
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # the dataset is left alone
@@ -180,3 +180,26 @@ def test_skipped_folders_are_reported_and_hidden_ones_ignored(native: Path, tmp_
     assert [s["study"] for s in studies] == [p.name for p in sorted(native.iterdir()) if p.is_dir()]
     assert "uncompressed: skipped, not a study" in caplog.text and "image.nii" in caplog.text
     assert ".snapshot" not in caplog.text
+
+
+def test_train_json_converts_a_layout_once_for_training_and_validation(native: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conversion is train.json's explicit step (``study_folders``), shared by both datalists, not hidden in
+    ``list_studies`` (where it ran once per datalist)."""
+    from monai.bundle import ConfigParser
+
+    from helpers import CONFIGS
+    from scripts.data import layouts
+
+    _write_acdc(native, tmp_path / "acdc")
+    calls = []
+    convert = layouts.convert_layout
+    monkeypatch.setattr(layouts, "convert_layout", lambda *a, **k: calls.append(a) or convert(*a, **k))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"dataset_dir": str(tmp_path / "acdc"), "dataset_layout": "acdc", "num_val": 1,
+                   "output_dir": str(tmp_path / "run"), "extra_train_datasets": []})
+    train, val = parser.get_parsed_content("train#studies"), parser.get_parsed_content("validate#datalist")
+    assert len(calls) == 1
+    assert [s["study"] for s in train + val] == ["patient001", "patient002"]
+    assert all(Path(s["study_dir"]).parent == tmp_path / "run" / "studies" for s in train + val)

@@ -1,10 +1,11 @@
 from .batch import StudyBatch, check_study
 from .dicom import CineDicomReader, read_cine_dicom, scan_cine_dicom
 from .label_app import AnnotationChanneld, CineSliceLabeld
-from .layouts import LAYOUTS, convert_layout, read_acdc_cfg
+from .layouts import LAYOUTS, convert_layout, prepare_dataset, read_acdc_cfg
 from .phantom import PhantomStudy, make_phantom_study, write_phantom_studies
-from .readers import list_studies, mix_datalists, read_info, read_label, sample_weights, skipped_folders
-from .splits import load_split, make_split
+from .readers import list_studies, read_label, skipped_folders
+from .splits import load_split, make_split, mix_datalists, sample_weights
+from .study import read_info, slice_classes
 from .transforms import (UNLABELLED, AsCineStudyd, LoadStudyd, RandFrameJitterd, RandHeartCropd, RandTripletd,
                          SaveStudyLabeld, SelectLabelledFramesd, check_outputs)
 
@@ -13,5 +14,6 @@ __all__ = [
     "AnnotationChanneld", "AsCineStudyd", "CineSliceLabeld", "CineDicomReader", "LoadStudyd", "PhantomStudy",
     "RandFrameJitterd", "RandHeartCropd", "RandTripletd", "SaveStudyLabeld", "SelectLabelledFramesd", "StudyBatch",
     "check_outputs", "check_study", "convert_layout", "list_studies", "load_split", "make_phantom_study", "make_split",
-    "mix_datalists", "read_acdc_cfg", "read_cine_dicom", "read_info", "read_label", "sample_weights", "scan_cine_dicom", "skipped_folders", "write_phantom_studies",
+    "mix_datalists", "prepare_dataset", "read_acdc_cfg", "read_cine_dicom", "read_info", "read_label",
+    "sample_weights", "scan_cine_dicom", "skipped_folders", "slice_classes", "write_phantom_studies",
 ]

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from ..errors import CSTMInputError, find_input_error
 from .dicom import DICOM_DIR, scan_cine_dicom
-from .readers import check_image_file, image_geometry, read_info, skipped_folders
+from .readers import check_image_file, image_geometry, skipped_folders
+from .study import read_info
 from .transforms import LoadStudyd
 
 logger = logging.getLogger(__name__)

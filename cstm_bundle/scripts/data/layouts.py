@@ -1,10 +1,11 @@
 """Other dataset layouts (ACDC, M&Ms, a datalist JSON), converted into the native study-folder layout.
 
 Every reader of the bundle (``list_studies``, ``LoadStudyd``, the evaluator, the writers) works on study folders
-(:mod:`.readers`). A dataset in another layout is converted once into study folders under ``layout_dir``: the 4D image
+(:mod:`.study`). A dataset in another layout is converted once into study folders under ``layout_dir``: the 4D image
 and label files whose values are already in the ACDC convention are symlinked (no copy), relabelled or extracted
-labels are written, and ``info.json`` holds the 0-based ED/ES phases. ``list_studies(..., dataset_layout=...)`` does
-this before listing; ``python -m scripts.data.layouts SRC LAYOUT DST`` does it by hand (for inference/evaluation).
+labels are written, and ``info.json`` holds the 0-based ED/ES phases. ``train.json`` does this as one explicit step
+(its ``study_folders``: :func:`prepare_dataset`), before it lists the training and validation studies;
+``python -m scripts.data.layouts SRC LAYOUT DST`` does it by hand (for inference/evaluation).
 
 Layouts (``dataset_layout``):
 
@@ -37,13 +38,32 @@ import numpy as np
 
 from ..errors import CSTMInputError
 from ..io import save_json, save_nifti, write_atomic
-from .readers import IMAGE_FILE
+from .study import ANNOTATION_FILE, IMAGE_FILE, INFO_FILE, INFO_KEYS, label_file
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("study", "acdc", "mnms", "datalist")
 MNMS_TO_ACDC = np.array([0, 3, 2, 1], dtype=np.uint8)
 """M&Ms label value -> ours: LV 1 -> 3, Myo 2 -> 2, RV 3 -> 1."""
+
+
+def prepare_dataset(dataset_dir: str | os.PathLike, dataset_layout: str = "study",
+                    layout_dir: str | os.PathLike | None = None,
+                    info_csv: str | os.PathLike | None = None) -> str | list[str]:
+    """The explicit conversion step of a training config: ``dataset_dir`` itself in the native layout, else the
+    study folders that :func:`convert_layout` writes under ``layout_dir`` (only those: not the leftovers of an
+    earlier conversion there). Either is what :func:`~.readers.list_studies` takes; a config references this once,
+    so the conversion runs once per run.
+
+    Raises:
+        CSTMInputError: no ``layout_dir`` for another layout, or what :func:`convert_layout` raises.
+    """
+    if dataset_layout == "study":
+        return str(dataset_dir)
+    if layout_dir is None:
+        raise CSTMInputError(f"dataset_layout={dataset_layout!r}", "no layout_dir to convert the studies into",
+                             "a writable folder (--layout_dir)")
+    return [str(p) for p in convert_layout(dataset_dir, dataset_layout, layout_dir, info_csv)]  # type: ignore[arg-type]
 
 
 def convert_layout(dataset_dir: str | os.PathLike, dataset_layout: Literal["acdc", "mnms", "datalist"],
@@ -84,8 +104,8 @@ def convert_layout(dataset_dir: str | os.PathLike, dataset_layout: Literal["acdc
 def _write_study(folder: Path, study: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _link(study["image"], folder / IMAGE_FILE)
-    for name in ("label_ed", "label_es", "annotation"):
-        target = folder / f"{name}.nii.gz"
+    for name, file in (("label_ed", label_file("ed")), ("label_es", label_file("es")), ("annotation", ANNOTATION_FILE)):
+        target = folder / file
         if name not in study:
             target.unlink(missing_ok=True)
         elif isinstance(study[name], Path):
@@ -93,7 +113,7 @@ def _write_study(folder: Path, study: dict[str, Any]) -> None:
         else:
             array, affine = study[name]
             save_nifti(array, affine, target, overwrite=True)
-    save_json(study["info"], folder / "info.json", overwrite=True)
+    save_json(study["info"], folder / INFO_FILE, overwrite=True)
 
 
 def _link(source: Path, target: Path) -> None:
@@ -190,9 +210,6 @@ def _mnms_studies(root: Path, info_csv: str | os.PathLike | None) -> list[dict[s
                 study[f"label_{key}"] = (MNMS_TO_ACDC[data[..., phase].astype(np.intp)], gt.affine)
         studies.append(study)
     return studies
-
-
-INFO_KEYS = ("ed", "es", "annotated_phase", "annotated_slices_ed", "annotated_slices_es", "labels", "base_first")
 
 
 def _datalist_studies(path: Path) -> list[dict[str, Any]]:

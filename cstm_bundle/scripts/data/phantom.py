@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from ..errors import CSTMInputError
 from ..io import save_json, save_nifti
+from .study import IMAGE_FILE, INFO_FILE, label_file
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def write_phantom_studies(output_dir: str, num_studies: int = 4, seed: int = 0, 
     """
     root = Path(output_dir)
     names = [f"phantom_{seed + i:03d}" for i in range(num_studies)]
-    files = ("image.nii.gz", "label_ed.nii.gz", "label_es.nii.gz", "label_4d_gt.nii.gz", "info.json")
+    files = (IMAGE_FILE, label_file("ed"), label_file("es"), "label_4d_gt.nii.gz", INFO_FILE)
     targets = [root / n / f for n in names for f in files] + [root / "datalist.json"]
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:
@@ -344,12 +345,12 @@ def write_phantom_studies(output_dir: str, num_studies: int = 4, seed: int = 0, 
         study = make_phantom_study(seed + i, **study_kwargs)
         folder = root / name
         spacing = affine_to_spacing(study.affine, r=3, suppress_zeros=False).tolist()
-        save_nifti(study.image, study.affine, folder / "image.nii.gz", overwrite)
-        save_nifti(study.label[..., study.ed], study.affine, folder / "label_ed.nii.gz", overwrite)
-        save_nifti(study.label[..., study.es], study.affine, folder / "label_es.nii.gz", overwrite)
+        save_nifti(study.image, study.affine, folder / IMAGE_FILE, overwrite)
+        save_nifti(study.label[..., study.ed], study.affine, folder / label_file("ed"), overwrite)
+        save_nifti(study.label[..., study.es], study.affine, folder / label_file("es"), overwrite)
         save_nifti(study.label, study.affine, folder / "label_4d_gt.nii.gz", overwrite)
         info = {"ed": study.ed, "es": study.es, "spacing": spacing, "phantom_seed": seed + i, "base_first": True}
-        save_json(info, folder / "info.json", overwrite)
+        save_json(info, folder / INFO_FILE, overwrite)
         logger.info(f"phantom study {i + 1}/{num_studies} written to {folder} (es={study.es})")
     save_json({"studies": names}, root / "datalist.json", overwrite)
     return [str(root / n) for n in names]

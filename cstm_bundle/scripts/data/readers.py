@@ -1,21 +1,16 @@
-"""Study folders (the project's native layout, SPEC "Interfaces"): discovery and the files of one study.
+"""Study folders on disk: finding them in a dataset folder, checking and reading their image and label files.
 
-    <study>/image.nii.gz        4D (H, W, Z, T)
-    <study>/label_ed.nii.gz     optional 3D (H, W, Z) labels at phase info["ed"]
-    <study>/label_es.nii.gz     optional 3D (H, W, Z) labels at phase info["es"]
-    <study>/annotation.nii.gz   optional 3D labels of one phase (info["annotated_phase"]); overrides label_ed
-    <study>/info.json           {"ed": int, "es": int, optional "annotated_slices_ed"/"_es", "labels"}
+What the files of a study folder are and what its ``info.json`` means is :mod:`.study`.
 """
 
 from __future__ import annotations
 
-import difflib
 import gzip
-import json
 import logging
 import os
 import zlib
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import nibabel as nib
@@ -23,25 +18,20 @@ import numpy as np
 
 from ..errors import CSTMInputError
 from .dicom import DICOM_DIR, scan_cine_dicom
+from .study import IMAGE_FILE, STUDY_FILES
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FILE = "image.nii.gz"
-STUDY_FILES = ("info.json", "label_ed.nii.gz", "label_es.nii.gz", "annotation.nii.gz")
-"""The other files of a study folder: a folder with one of them but no image is a study without its image."""
 LABEL_VALUES = (0, 1, 2, 3)
 
 
 def list_studies(
-    dataset_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike | Sequence[str | os.PathLike],
     split: str | None = None,
     num_val: int = 0,
     demo_dir: str | os.PathLike | None = None,
     demo_studies: int = 4,
     demo_seed: int = 0,
-    dataset_layout: str = "study",
-    layout_dir: str | os.PathLike | None = None,
-    info_csv: str | os.PathLike | None = None,
     check: bool = True,
 ) -> list[dict[str, str]]:
     """Find the study folders under ``dataset_dir`` (or ``dataset_dir`` itself if it is one study).
@@ -50,16 +40,13 @@ def list_studies(
     exist, ``demo_studies`` phantom studies (seeds ``demo_seed``...) are generated there first.
 
     Args:
-        dataset_dir: a folder of study folders, or one study folder.
+        dataset_dir: a folder of study folders, one study folder, or the list of study folders to take (as
+            :func:`~.layouts.prepare_dataset` returns for a dataset converted from another layout).
         split: None for all studies, "train" for all but the last ``num_val`` (sorted by name), "val" for those.
         num_val: studies held out for validation.
         demo_dir: the bundle's phantom demo folder.
         demo_studies: phantom studies to generate into ``demo_dir``.
         demo_seed: seed of the first generated study.
-        dataset_layout: "study" (this layout), or "acdc", "mnms", "datalist": ``dataset_dir`` is then first converted
-            into study folders under ``layout_dir`` (:func:`~.layouts.convert_layout`), which are listed.
-        layout_dir: where a dataset in another layout is converted to; required unless ``dataset_layout="study"``.
-        info_csv: M&Ms info CSV (None: looked for next to the dataset).
         check: check each study's image and log the sub-folders that are not studies (:func:`skipped_folders`);
             False where the caller checks and reports each study itself (:class:`~.batch.StudyBatch`). The folders
             are logged anyway when no study is found.
@@ -72,14 +59,13 @@ def list_studies(
             checked here because ``LoadImaged`` reads it first and hides the reason.
             The images are not checked with ``check=False``.
     """
-    if dataset_layout != "study":
-        from .layouts import convert_layout
-
-        if layout_dir is None:
-            raise CSTMInputError(f"dataset_layout={dataset_layout!r}", "no layout_dir to convert the studies into",
-                                 "a writable folder (--layout_dir)")
-        converted = convert_layout(dataset_dir, dataset_layout, layout_dir, info_csv)  # type: ignore[arg-type]
-        dataset_dir = layout_dir
+    if not isinstance(dataset_dir, (str, os.PathLike)):
+        folders = sorted(Path(p) for p in dataset_dir)
+        if not folders:
+            raise CSTMInputError("dataset_dir", "an empty list of study folders", "at least one study")
+        for folder in (p for p in folders if not study_image(p)):
+            raise CSTMInputError(folder, "no study image in this study folder", f"{IMAGE_FILE} or {DICOM_DIR}/")
+        return _studies(folders[0].parent, folders, split, num_val, check)
     root = Path(dataset_dir)
     if demo_dir is not None and not root.exists() and root.resolve() == Path(demo_dir).resolve():
         from .phantom import write_phantom_studies
@@ -93,13 +79,16 @@ def list_studies(
     if folders != [root] and (check or not folders):
         for folder, problem in skipped_folders(root, folders):
             logger.warning(f"{folder}: skipped, {problem}")
-    if dataset_layout != "study":
-        folders = [p for p in folders if p in converted]  # not the leftovers of an earlier conversion
     if not folders:
         if any((root / name).is_file() for name in STUDY_FILES):
             raise CSTMInputError(root / IMAGE_FILE, "study image not found", "a 4D NIfTI image (H, W, Z, T)")
         raise CSTMInputError(root, f"no study folder (a folder with {IMAGE_FILE} or {DICOM_DIR}/) found",
                              "at least one study")
+    return _studies(root, folders, split, num_val, check)
+
+
+def _studies(root: Path, folders: list[Path], split: str | None, num_val: int, check: bool) -> list[dict[str, str]]:
+    """The datalist of ``folders`` (study folders, sorted), split and checked as :func:`list_studies` says."""
     if split is not None:
         if split not in ("train", "val") or not 0 <= num_val < len(folders) + (split == "val"):
             raise CSTMInputError(root, f"cannot take split {split!r} with num_val={num_val} from {len(folders)} studies",
@@ -112,62 +101,6 @@ def list_studies(
         else:
             scan_cine_dicom(image)
     return [{"image": str(image), "study": p.name, "study_dir": str(p)} for p, image in zip(folders, images)]
-
-
-def mix_datalists(
-    datalist: list[dict[str, Any]],
-    extra_datasets: list[dict[str, Any]] | None = None,
-    weight: float = 1.0,
-    layout_dir: str | os.PathLike | None = None,
-    demo_dir: str | os.PathLike | None = None,
-    demo_studies: int = 4,
-) -> list[dict[str, Any]]:
-    """Training studies from several datasets, each item with the ``sample_weight`` that makes a weighted sampler
-    (:func:`sample_weights`) draw each dataset with probability proportional to its weight, whatever its size.
-
-    Args:
-        datalist: the main dataset's training studies (:func:`list_studies`, ``split="train"``).
-        extra_datasets: more training datasets (``--extra_train_datasets``), all of whose studies are used: dicts with
-            "dataset_dir", optional "weight" (1.0), "dataset_layout" ("study") and "info_csv".
-        weight: the main dataset's weight (``--dataset_weight``).
-        layout_dir: where datasets in another layout are converted (one subfolder each).
-        demo_dir, demo_studies: as :func:`list_studies` (an extra dataset may be the phantom demo folder).
-    Returns:
-        the studies of all datasets, each dict with "sample_weight" = dataset weight / number of its studies; a main
-        datalist whose studies carry a "sample_weight" already (:func:`~.splits.load_split`, summing to 1) keeps
-        their proportions, scaled by ``weight``.
-    Raises:
-        CSTMInputError: an extra dataset without "dataset_dir", an unknown key, or a negative weight.
-    """
-    _check_weight(weight, "dataset_weight")
-    sources = [(datalist, weight)]
-    if extra_datasets:
-        logger.info(f"training data: {len(datalist)} studies of the main dataset at weight {weight}")
-    allowed = {"dataset_dir", "weight", "dataset_layout", "info_csv"}
-    for i, extra in enumerate(extra_datasets or []):
-        where = f"extra_train_datasets[{i}]"
-        if not isinstance(extra, dict) or "dataset_dir" not in extra or set(extra) - allowed:
-            raise CSTMInputError(where, f"is {extra!r}",
-                                 f"a dict with 'dataset_dir' and optional {sorted(allowed - {'dataset_dir'})}")
-        _check_weight(extra.get("weight", 1.0), where)
-        layout = extra.get("dataset_layout", "study")
-        studies = list_studies(extra["dataset_dir"], dataset_layout=layout, info_csv=extra.get("info_csv"),
-                               layout_dir=None if layout_dir is None else Path(layout_dir) / f"extra{i}",
-                               demo_dir=demo_dir, demo_studies=demo_studies)
-        sources.append((studies, extra.get("weight", 1.0)))
-        logger.info(f"training data: {len(studies)} studies from {extra['dataset_dir']} at weight {sources[-1][1]}")
-    return [{**s, "sample_weight": float(w) * s.get("sample_weight", 1.0 / len(studies))}
-            for studies, w in sources for s in studies]
-
-
-def _check_weight(weight: Any, where: str) -> None:
-    if not isinstance(weight, (int, float)) or weight < 0:
-        raise CSTMInputError(where, f"weight is {weight!r}", "a number >= 0")
-
-
-def sample_weights(datalist: list[dict[str, Any]]) -> list[float]:
-    """The ``sample_weight`` of each study (:func:`mix_datalists`), for ``WeightedRandomSampler``."""
-    return [s["sample_weight"] for s in datalist]
 
 
 def skipped_folders(root: str | os.PathLike, studies: list[Path]) -> list[tuple[Path, str]]:
@@ -321,51 +254,6 @@ def base_first_from_affine(affine: np.ndarray, min_cosine: float = 0.8) -> bool 
     step = np.asarray(affine, dtype=float)[:3, 2]
     cosine = float(step @ APEX_DIRECTION_RAS / max(np.linalg.norm(step), 1e-9))
     return None if abs(cosine) < min_cosine else cosine > 0
-
-
-INFO_KEYS = ("ed", "es", "annotated_phase", "annotated_slices_ed", "annotated_slices_es", "labels", "labels_ed",
-             "labels_es", "base_first", "height_cm", "weight_kg") + tuple(
-    f"annotated_slices_{phase}_{name}" for phase in ("ed", "es") for name in ("rv", "myo", "lv"))
-"""The ``info.json`` keys the bundle reads. Other keys (a dataset's own notes: ``group``, ``spacing``...) are kept and
-ignored, except one so close to a key of this list that it is taken for a misspelling of it."""
-
-
-def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
-    """``info.json`` of a study, checked: a UTF-8 JSON object; ``ed``, ``es``, ``annotated_phase`` 0-based integers,
-    ``annotated_slices_ed``/``_es`` non-empty lists of 0-based integers (per-class lists may be empty); no misspelt key (``annotated_slice_ed``).
-    An empty dict when the file is absent. Ranges against the image are checked where the image is known
-    (:class:`~scripts.data.LoadStudyd`).
-
-    Raises:
-        CSTMInputError: naming the file and the key.
-    """
-    path = Path(study_dir) / "info.json"
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise CSTMInputError(path, f"is not UTF-8 text ({e.reason} at byte {e.start})", "a UTF-8 JSON file") from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise CSTMInputError(path, f"cannot be read as JSON ({e})", "a JSON object") from e
-    if not isinstance(info, dict):
-        raise CSTMInputError(path, f"holds a JSON {type(info).__name__}", 'an object such as {"ed": 0, "es": 9}')
-    for key in info.keys() - set(INFO_KEYS):
-        close = difflib.get_close_matches(key, INFO_KEYS, n=1, cutoff=0.85)
-        if close:
-            raise CSTMInputError(path, f"unknown key {key!r}", f"{close[0]!r} (the key this bundle reads)")
-    for key in ("ed", "es", "annotated_phase"):
-        if key in info and not (_is_int(info[key]) and info[key] >= 0):
-            raise CSTMInputError(path, f"{key!r} is {info[key]!r}", "a 0-based integer phase")
-    for key in (k for k in info if k.startswith("annotated_slices_")):
-        value, per_class = info[key], key.count("_") == 3  # annotated_slices_ed_myo may be empty: class not drawn
-        if not (isinstance(value, list) and (value or per_class) and all(_is_int(z) and z >= 0 for z in value)):
-            raise CSTMInputError(path, f"{key!r} is {value!r}", "a non-empty list of 0-based integer slice indices")
-    return info
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_label(path: str | os.PathLike, image_shape: tuple[int, ...], image_affine: np.ndarray) -> np.ndarray:

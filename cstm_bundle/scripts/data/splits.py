@@ -1,4 +1,5 @@
-"""The bundle's fixed split of the real data by patient (``configs/datalist_acdc.json``), and reading it.
+"""Which studies train and validate: the bundle's fixed split of the real data by patient
+(``configs/datalist_acdc.json``) and reading it, and the mix of training datasets by weight (:func:`mix_datalists`).
 
 A patient is in exactly one of "training", "validation" (the only data that selects checkpoints and settings) and
 "test" (read once, for the model card's table), with every study folder of that patient: the ACDC cine
@@ -24,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import CSTMInputError
-from .readers import check_image_file, study_image
+from .layouts import prepare_dataset
+from .readers import check_image_file, list_studies, study_image
+from .study import read_info
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def make_split(data_root: str | os.PathLike, output: str | os.PathLike, seed: in
     patients: dict[str, dict[str, Any]] = {}
     for dataset in DATASETS:
         for folder in sorted(p for p in (root / dataset).iterdir() if study_image(p)):
-            info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").is_file() else {}
+            info = read_info(folder)
             group = info.get("group", "SCD-HF-I" if dataset == "sunnybrook" else "unknown")
             entry = patients.setdefault(folder.name, {"group": group, "studies": []})
             entry["studies"].append({"study_dir": f"{dataset}/{folder.name}", "dataset": dataset,
@@ -118,6 +121,61 @@ def make_split(data_root: str | os.PathLike, output: str | os.PathLike, seed: in
                 **chosen}
     Path(output).write_text(json.dumps(document, indent=1) + "\n")
     return chosen
+
+
+def mix_datalists(
+    datalist: list[dict[str, Any]],
+    extra_datasets: list[dict[str, Any]] | None = None,
+    weight: float = 1.0,
+    layout_dir: str | os.PathLike | None = None,
+    demo_dir: str | os.PathLike | None = None,
+    demo_studies: int = 4,
+) -> list[dict[str, Any]]:
+    """Training studies from several datasets, each item with the ``sample_weight`` that makes a weighted sampler
+    (:func:`sample_weights`) draw each dataset with probability proportional to its weight, whatever its size.
+
+    Args:
+        datalist: the main dataset's training studies (:func:`~.readers.list_studies`, ``split="train"``).
+        extra_datasets: more training datasets (``--extra_train_datasets``), all of whose studies are used: dicts with
+            "dataset_dir", optional "weight" (1.0), "dataset_layout" ("study") and "info_csv".
+        weight: the main dataset's weight (``--dataset_weight``).
+        layout_dir: where datasets in another layout are converted (one subfolder each).
+        demo_dir, demo_studies: as :func:`~.readers.list_studies` (an extra dataset may be the phantom demo folder).
+    Returns:
+        the studies of all datasets, each dict with "sample_weight" = dataset weight / number of its studies; a main
+        datalist whose studies carry a "sample_weight" already (:func:`load_split`, summing to 1) keeps
+        their proportions, scaled by ``weight``.
+    Raises:
+        CSTMInputError: an extra dataset without "dataset_dir", an unknown key, or a negative weight.
+    """
+    _check_weight(weight, "dataset_weight")
+    sources = [(datalist, weight)]
+    if extra_datasets:
+        logger.info(f"training data: {len(datalist)} studies of the main dataset at weight {weight}")
+    allowed = {"dataset_dir", "weight", "dataset_layout", "info_csv"}
+    for i, extra in enumerate(extra_datasets or []):
+        where = f"extra_train_datasets[{i}]"
+        if not isinstance(extra, dict) or "dataset_dir" not in extra or set(extra) - allowed:
+            raise CSTMInputError(where, f"is {extra!r}",
+                                 f"a dict with 'dataset_dir' and optional {sorted(allowed - {'dataset_dir'})}")
+        _check_weight(extra.get("weight", 1.0), where)
+        folders = prepare_dataset(extra["dataset_dir"], extra.get("dataset_layout", "study"),
+                                  None if layout_dir is None else Path(layout_dir) / f"extra{i}", extra.get("info_csv"))
+        studies = list_studies(folders, demo_dir=demo_dir, demo_studies=demo_studies)
+        sources.append((studies, extra.get("weight", 1.0)))
+        logger.info(f"training data: {len(studies)} studies from {extra['dataset_dir']} at weight {sources[-1][1]}")
+    return [{**s, "sample_weight": float(w) * s.get("sample_weight", 1.0 / len(studies))}
+            for studies, w in sources for s in studies]
+
+
+def _check_weight(weight: Any, where: str) -> None:
+    if not isinstance(weight, (int, float)) or weight < 0:
+        raise CSTMInputError(where, f"weight is {weight!r}", "a number >= 0")
+
+
+def sample_weights(datalist: list[dict[str, Any]]) -> list[float]:
+    """The ``sample_weight`` of each study (:func:`mix_datalists`), for ``WeightedRandomSampler``."""
+    return [s["sample_weight"] for s in datalist]
 
 
 if __name__ == "__main__":

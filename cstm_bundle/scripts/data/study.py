@@ -19,6 +19,9 @@ What is labelled where, one rule for training (:class:`~.transforms.LoadStudyd`)
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,10 @@ CLASS_KEYS = {1: "rv", 2: "myo", 3: "lv"}
 def label_file(phase: str) -> str:
     """``label_ed.nii.gz`` / ``label_es.nii.gz``."""
     return f"label_{phase}.nii.gz"
+
+
+STUDY_FILES = (INFO_FILE, label_file("ed"), label_file("es"), ANNOTATION_FILE)
+"""The other files of a study folder: a folder with one of them but no image is a study without its image."""
 
 
 def phase_index(info: Mapping[str, Any], key: str, num_phases: int, study: str | Path, file: str = "") -> int:
@@ -107,3 +114,48 @@ def annotation_source(study: str | Path) -> tuple[Path, str, str | None]:
         return folder / label_file("ed"), "ed", "ed"
     raise CSTMInputError(folder, f"no annotation: neither {ANNOTATION_FILE} nor {label_file('ed')} exists",
                          "one annotated frame (see README, 'Where the annotation comes from')")
+
+
+INFO_KEYS = ("ed", "es", "annotated_phase", "annotated_slices_ed", "annotated_slices_es", "labels", "labels_ed",
+             "labels_es", "base_first", "height_cm", "weight_kg") + tuple(
+    f"annotated_slices_{phase}_{name}" for phase in LABELLED_PHASES for name in CLASS_KEYS.values())
+"""The ``info.json`` keys the bundle reads. Other keys (a dataset's own notes: ``group``, ``spacing``...) are kept and
+ignored, except one so close to a key of this list that it is taken for a misspelling of it."""
+
+
+def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
+    """``info.json`` of a study, checked: a UTF-8 JSON object; ``ed``, ``es``, ``annotated_phase`` 0-based integers,
+    ``annotated_slices_ed``/``_es`` non-empty lists of 0-based integers (per-class lists may be empty); no misspelt key (``annotated_slice_ed``).
+    An empty dict when the file is absent. Ranges against the image are checked where the image is known
+    (:class:`~scripts.data.LoadStudyd`).
+
+    Raises:
+        CSTMInputError: naming the file and the key.
+    """
+    path = Path(study_dir) / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CSTMInputError(path, f"is not UTF-8 text ({e.reason} at byte {e.start})", "a UTF-8 JSON file") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise CSTMInputError(path, f"cannot be read as JSON ({e})", "a JSON object") from e
+    if not isinstance(info, dict):
+        raise CSTMInputError(path, f"holds a JSON {type(info).__name__}", 'an object such as {"ed": 0, "es": 9}')
+    for key in info.keys() - set(INFO_KEYS):
+        close = difflib.get_close_matches(key, INFO_KEYS, n=1, cutoff=0.85)
+        if close:
+            raise CSTMInputError(path, f"unknown key {key!r}", f"{close[0]!r} (the key this bundle reads)")
+    for key in ("ed", "es", "annotated_phase"):
+        if key in info and not (_is_int(info[key]) and info[key] >= 0):
+            raise CSTMInputError(path, f"{key!r} is {info[key]!r}", "a 0-based integer phase")
+    for key in (k for k in info if k.startswith("annotated_slices_")):
+        value, per_class = info[key], key.count("_") == 3  # annotated_slices_ed_myo may be empty: class not drawn
+        if not (isinstance(value, list) and (value or per_class) and all(_is_int(z) and z >= 0 for z in value)):
+            raise CSTMInputError(path, f"{key!r} is {value!r}", "a non-empty list of 0-based integer slice indices")
+    return info
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

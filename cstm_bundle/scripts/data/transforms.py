@@ -16,8 +16,9 @@ from scipy.ndimage import distance_transform_edt
 
 from ..errors import CSTMInputError
 from ..io import save_nifti
-from .readers import IMAGE_FILE, base_first_from_affine, image_geometry, read_info, read_label, study_image
-from .study import annotation_source, label_file, labelled_slices, phase_index, slice_classes
+from .readers import base_first_from_affine, image_geometry, read_label, study_image
+from .study import (IMAGE_FILE, INFO_FILE, annotation_source, label_file, labelled_slices, phase_index, read_info,
+                    slice_classes)
 from .roi import crop_resize, foreground_center, heart_box
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class LoadStudyd(MapTransform):
         full = np.full((1, *shape), UNLABELLED, dtype=np.uint8)
         names = [n for n in ("ed", "es") if (study / label_file(n)).is_file() and n in info]
         if len(names) == 2 and shape[3] > 1 and info["ed"] == info["es"]:
-            raise CSTMInputError(study / "info.json", f"'ed' and 'es' are both {info['ed']}",
+            raise CSTMInputError(study / INFO_FILE, f"'ed' and 'es' are both {info['ed']}",
                                  "the ED and ES phases, which differ in a cine of several phases")
         frames = {(n, z): slice_classes(info, n, z, study) for n in names
                   for z in labelled_slices(info, n, shape[2], study)}

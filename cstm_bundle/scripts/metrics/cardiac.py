@@ -20,7 +20,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy as to_numpy
 
-from ..data.readers import image_geometry, read_info, study_image
+from ..data.readers import image_geometry, study_image
+from ..data.study import read_info
 from ..io import save_json, write_atomic
 
 logger = logging.getLogger(__name__)

@@ -27,8 +27,7 @@ from monai.data.utils import affine_to_spacing
 from monai.inferers import Inferer
 from monai.utils import convert_to_numpy as to_numpy
 
-from ..data.readers import read_info
-from ..data.study import slice_classes
+from ..data.study import read_info, slice_classes
 from ..data.transforms import UNLABELLED
 from ..errors import CSTMInputError
 from ..io import save_json, write_atomic
