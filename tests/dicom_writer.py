@@ -11,9 +11,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 
-def write_cine_dicom(volume: np.ndarray, affine: np.ndarray, folder: Path, series_per_slice: bool = False,
-                     seed: int = 0, description: str = "cine SAX", series_uid: str | None = None,
-                     acquisition_number: int | None = None) -> list[Path]:
+def write_cine_dicom(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    folder: Path,
+    series_per_slice: bool = False,
+    seed: int = 0,
+    description: str = "cine SAX",
+    series_uid: str | None = None,
+    acquisition_number: int | None = None,
+) -> list[Path]:
     """One file per frame, under shuffled names; uint16 pixels with a rescale slope.
 
     Args:

@@ -12,8 +12,15 @@ BUNDLE = REPO / "cstm_bundle"
 CONFIGS = BUNDLE / "configs"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-TINY_CSTM = dict(key_block="basic", key_layers=(1, 1, 1), key_widths=(16, 16, 32), value_layers=(1, 1, 1),
-                 value_widths=(8, 16, 16), value_channels=(32, 16), decoder_channels=(32, 16, 16))
+TINY_CSTM = dict(
+    key_block="basic",
+    key_layers=(1, 1, 1),
+    key_widths=(16, 16, 32),
+    value_layers=(1, 1, 1),
+    value_widths=(8, 16, 16),
+    value_channels=(32, 16),
+    decoder_channels=(32, 16, 16),
+)
 """A CSTM small enough for unit tests (about 0.1 M parameters)."""
 
 
@@ -33,8 +40,11 @@ def bundle_command(run_id: str, config: str | list[str], *overrides: str) -> lis
     return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_files(config), *overrides]
 
 
-def run_bundle(run_id: str, config: str | list[str], *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_bundle(
+    run_id: str, config: str | list[str], *overrides: str, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run :func:`bundle_command` from the repo root and wait for it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(bundle_command(run_id, config, *overrides), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        bundle_command(run_id, config, *overrides), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -69,8 +69,13 @@ def save(array: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Pat
     return path
 
 
-def write_study(study: Path, shape: tuple[int, ...] = SHAPE, image: np.ndarray | None = None,
-                info: dict | None = INFO, label_ed: bool = True) -> Path:
+def write_study(
+    study: Path,
+    shape: tuple[int, ...] = SHAPE,
+    image: np.ndarray | None = None,
+    info: dict | None = INFO,
+    label_ed: bool = True,
+) -> Path:
     """``<study>/image.nii.gz``, ``label_ed.nii.gz``, ``label_es.nii.gz``, ``info.json`` (SPEC "Interfaces")."""
     save(heart_image(shape) if image is None else image, study / "image.nii.gz")
     if label_ed:
@@ -84,8 +89,9 @@ def write_study(study: Path, shape: tuple[int, ...] = SHAPE, image: np.ndarray |
 def inference_parser(dataset_dir: Path, output_dir: Path, **overrides) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(str(INFERENCE_CONFIG))
-    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir),
-                   **overrides})
+    parser.update(
+        {"bundle_root": str(BUNDLE), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir), **overrides}
+    )
     return parser
 
 
@@ -116,11 +122,13 @@ def study_with(tmp: Path, **kwargs) -> Inference:
 def network_from_config(tmp: Path, **overrides) -> Callable[[], object]:
     """Build ``network_def`` of train.json with named-id overrides, as ``--patch_size 5`` would (inference.json
     builds what its checkpoint records: see the ``checkpoint_*`` rows)."""
+
     def build() -> object:
         parser = ConfigParser()
         parser.read_config(str(BUNDLE / "configs" / "train.json"))
         parser.update({"variant": "small", **overrides})
         return parser.get_parsed_content("network_def")
+
     return build
 
 
@@ -141,8 +149,9 @@ def image_nan(tmp: Path) -> Inference:
     return study_with(tmp, image=image)
 
 
-def with_image_header(tmp: Path, affine: np.ndarray | None = None, units: str | None = None,
-                      image: np.ndarray | None = None) -> Inference:
+def with_image_header(
+    tmp: Path, affine: np.ndarray | None = None, units: str | None = None, image: np.ndarray | None = None
+) -> Inference:
     """A study whose image has the given affine, NIfTI spatial unit or pixel array."""
     action = study_with(tmp)
     path = tmp / "data" / "study" / "image.nii.gz"
@@ -248,6 +257,7 @@ def dicom_trigger_time_missing(tmp: Path) -> Inference:
 def dicom_multi_frame(tmp: Path) -> Inference:
     def two_frames(ds: pydicom.Dataset) -> None:
         ds.NumberOfFrames, ds.PixelData = 2, ds.PixelData * 2
+
     _, files = dicom_study(tmp)
     retag(files[0], two_frames)
     return inference_on(tmp)
@@ -288,6 +298,7 @@ def output_exists(tmp: Path) -> Inference:
 
 def output_disk_full(tmp: Path) -> Callable[[], object]:
     """The disk fills up halfway through writing a label map: nibabel writes part of the file, then ENOSPC."""
+
     def half_written(img: nib.Nifti1Image, filename: str) -> None:
         Path(filename).write_bytes(b"\x1f\x8b half a label map")
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -295,6 +306,7 @@ def output_disk_full(tmp: Path) -> Callable[[], object]:
     def write() -> None:
         with mock.patch.object(nib, "save", half_written):
             save_nifti(heart_labels(*SHAPE[:3]), np.eye(4), tmp / "out" / "study" / "label_4d.nii.gz")
+
     return write
 
 
@@ -392,8 +404,13 @@ def info_not_utf8(tmp: Path) -> Inference:
 
 def training_study(tmp: Path, info: dict) -> Callable[[], object]:
     write_study(tmp / "study", info=info)
-    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image", channel_dim="no_channel"),
-                    LoadStudyd("image", with_labels=True)])
+    load = Compose(
+        [
+            LoadImaged("image", image_only=True),
+            EnsureChannelFirstd("image", channel_dim="no_channel"),
+            LoadStudyd("image", with_labels=True),
+        ]
+    )
     item = {"image": str(tmp / "study" / "image.nii.gz"), "study": "study", "study_dir": str(tmp / "study")}
     return lambda: load(item)
 
@@ -441,8 +458,16 @@ def override_mistyped(tmp: Path) -> Callable[[], object]:
 
 
 def override_unknown_section(tmp: Path) -> Callable[[], object]:
-    argv = ["run", "inference", "--config_file", f"['{INFERENCE_CONFIG}']", "--inferer#max_batch", "4",
-            "--preprocess#transforms", "[]"]
+    argv = [
+        "run",
+        "inference",
+        "--config_file",
+        f"[{str(INFERENCE_CONFIG)!r}]",
+        "--inferer#max_batch",
+        "4",
+        "--preprocess#transforms",
+        "[]",
+    ]
     return lambda: check_overrides(argv)
 
 
@@ -464,8 +489,9 @@ def annotation_values_above_classes(tmp: Path) -> Callable[[], object]:
 
 def load_checkpoint(tmp: Path, **overrides) -> Callable[[], object]:
     """Build inference.json's network from ``tmp/model.pt`` and load it, as the evaluator does when it starts."""
-    parser = inference_parser(tmp, tmp / "out", checkpoint=str(tmp / "model.pt"), device="$torch.device('cpu')",
-                              **overrides)
+    parser = inference_parser(
+        tmp, tmp / "out", checkpoint=str(tmp / "model.pt"), device="$torch.device('cpu')", **overrides
+    )
     return lambda: parser.get_parsed_content("checkpoint_loader")(Engine(lambda engine, batch: None))
 
 
@@ -501,29 +527,53 @@ CASES = [
     ("image_3d", image_3d, "image.nii.gz: image has shape (32, 32, 4); expected a 4D image"),
     ("image_5d", image_5d, "image.nii.gz: image has shape (32, 32, 4, 5, 2); expected a 4D image"),
     ("image_nan", image_nan, "image.nii.gz: image contains NaN or Inf values"),
-    ("image_zero_spacing", image_zero_spacing, "image.nii.gz: voxel spacing [1.0, 1.0, 0.0] mm (affine not invertible)"),
+    (
+        "image_zero_spacing",
+        image_zero_spacing,
+        "image.nii.gz: voxel spacing [1.0, 1.0, 0.0] mm (affine not invertible)",
+    ),
     ("image_in_metres", image_in_metres, "image.nii.gz: spatial unit is 'meter' (NIfTI xyzt_units); expected mm"),
     ("image_spacing_in_metres", image_spacing_in_metres, "image.nii.gz: in-plane spacing 0.0014 x 0.0014 mm"),
-    ("image_slice_axis_second", image_slice_axis_second,
-     "image.nii.gz: in-plane spacing 1.4 x 5 mm: the slice axis seems not to be the third"),
+    (
+        "image_slice_axis_second",
+        image_slice_axis_second,
+        "image.nii.gz: in-plane spacing 1.4 x 5 mm: the slice axis seems not to be the third",
+    ),
     ("image_complex", image_complex, "image.nii.gz: pixels of type complex64 (complex or RGB)"),
     ("image_inf", image_inf, "image.nii.gz: image contains NaN or Inf values"),
     ("image_constant", image_constant, "image.nii.gz: image is constant (7.0)"),
     ("image_truncated", image_truncated, "image.nii.gz: file is truncated"),
     ("image_garbage", image_garbage, "image.nii.gz: cannot be read as NIfTI (not a gzip file)"),
     ("image_not_nifti", image_not_nifti, "image.nii.gz: cannot be read as NIfTI"),
-    ("dicom_mixed_series", dicom_mixed_series, "study/dicom: mixed series: 2 different row counts among 21 images (series cine SAX, loc)"),
-    ("dicom_duplicate_file", dicom_duplicate_file,
-     "study/dicom: duplicate frame: IM00004 and IM_copy have the same slice position (0.00 mm) and trigger time 0 ms"),
+    (
+        "dicom_mixed_series",
+        dicom_mixed_series,
+        "study/dicom: mixed series: 2 different row counts among 21 images (series cine SAX, loc)",
+    ),
+    (
+        "dicom_duplicate_file",
+        dicom_duplicate_file,
+        "study/dicom: duplicate frame: IM00004 and IM_copy have the same slice position (0.00 mm) and trigger time 0 ms",
+    ),
     ("dicom_series_copied_twice", dicom_series_copied_twice, "study/dicom: duplicate frame: IM00004 and copy/IM00004"),
-    ("dicom_repeat_acquisition", dicom_repeat_acquisition,
-     "study/dicom: 2 acquisitions at slice position 0.00 mm (IM00004 and repeat/"),
-    ("dicom_trigger_time_missing", dicom_trigger_time_missing,
-     "dicom/IM00004: DICOM image without TriggerTime, while 19 of the 20 images of the folder have one"),
+    (
+        "dicom_repeat_acquisition",
+        dicom_repeat_acquisition,
+        "study/dicom: 2 acquisitions at slice position 0.00 mm (IM00004 and repeat/",
+    ),
+    (
+        "dicom_trigger_time_missing",
+        dicom_trigger_time_missing,
+        "dicom/IM00004: DICOM image without TriggerTime, while 19 of the 20 images of the folder have one",
+    ),
     ("dicom_multi_frame", dicom_multi_frame, "dicom/IM00004: multi-frame DICOM image (2 frames in one file)"),
     ("dicom_pixel_data_truncated", dicom_pixel_data_truncated, "dicom/IM00004: cannot read the DICOM pixel data"),
     ("dataset_missing", dataset_missing, "data: dataset folder does not exist"),
-    ("dataset_without_studies", dataset_without_studies, "data: no study folder (a folder with image.nii.gz or dicom/) found"),
+    (
+        "dataset_without_studies",
+        dataset_without_studies,
+        "data: no study folder (a folder with image.nii.gz or dicom/) found",
+    ),
     ("study_without_image", study_without_image, "data/image.nii.gz: study image not found"),
     ("output_exists", output_exists, "study/label_4d.nii.gz: output file exists; expected a new --output_dir"),
     ("output_not_writable", output_not_writable, "file.txt/out: cannot create the output folder (Not a directory)"),
@@ -540,12 +590,23 @@ CASES = [
     ("info_ed_not_int", info_ed_not_int, "info.json: 'ed' is '0'; expected a 0-based integer phase"),
     ("info_ed_out_of_range", info_ed_out_of_range, "info.json: ed=99 is outside the 5 phases"),
     ("info_slices_out_of_range", info_slices_out_of_range, "info.json: 'annotated_slices_ed' lists slices [9] outside"),
-    ("info_misspelt_key", info_misspelt_key,
-     "info.json: unknown key 'annotated_slice_ed'; expected 'annotated_slices_ed' (the key this bundle reads)."),
+    (
+        "info_misspelt_key",
+        info_misspelt_key,
+        "info.json: unknown key 'annotated_slice_ed'; expected 'annotated_slices_ed' (the key this bundle reads).",
+    ),
     ("info_negative_phase", info_negative_phase, "info.json: 'ed' is -1; expected a 0-based integer phase"),
-    ("info_empty_slice_list", info_empty_slice_list, "info.json: 'annotated_slices_ed' is []; expected a non-empty list"),
+    (
+        "info_empty_slice_list",
+        info_empty_slice_list,
+        "info.json: 'annotated_slices_ed' is []; expected a non-empty list",
+    ),
     ("info_not_utf8", info_not_utf8, "info.json: is not UTF-8 text"),
-    ("ed_equals_es_training", ed_equals_es_training, "info.json: 'ed' and 'es' are both 2; expected the ED and ES phases"),
+    (
+        "ed_equals_es_training",
+        ed_equals_es_training,
+        "info.json: 'ed' and 'es' are both 2; expected the ED and ES phases",
+    ),
     ("es_out_of_range_training", es_out_of_range_training, "info.json: es=5 is outside the 5 phases"),
     ("top_k_above_memory_patches", top_k_above_memory_patches, "top_k must be in [1, 9] (memory patches T*N), got 100"),
     ("top_k_zero", top_k_zero, "--top_k: got 0; expected an integer >= 1"),
@@ -559,11 +620,22 @@ CASES = [
     ("annotated_slice_outside_study", annotated_slice_outside_study, "annotated frame (9, 0) lies outside a study"),
     ("annotation_values_above_classes", annotation_values_above_classes, "annotation values [7] outside 0..3"),
     ("checkpoint_corrupt", checkpoint_corrupt, "model.pt: cannot be read as a checkpoint"),
-    ("checkpoint_bare_state_dict", checkpoint_bare_state_dict, "model.pt: is a bare state dict that records no architecture"),
+    (
+        "checkpoint_bare_state_dict",
+        checkpoint_bare_state_dict,
+        "model.pt: is a bare state dict that records no architecture",
+    ),
     ("checkpoint_other_variant", checkpoint_other_variant, "model.pt: does not fit the network"),
-    ("checkpoint_contradicts_variant", checkpoint_contradicts_variant, "model.pt: was trained as variant 'tiny', not --variant small"),
-    ("checkpoint_contradicts_matching", checkpoint_contradicts_matching,
-     "model.pt: was trained with matching_mode 'plm', not --matching_mode 'dense'"),
+    (
+        "checkpoint_contradicts_variant",
+        checkpoint_contradicts_variant,
+        "model.pt: was trained as variant 'tiny', not --variant small",
+    ),
+    (
+        "checkpoint_contradicts_matching",
+        checkpoint_contradicts_matching,
+        "model.pt: was trained with matching_mode 'plm', not --matching_mode 'dense'",
+    ),
 ]
 
 
@@ -590,8 +662,9 @@ def test_bad_input_gives_one_clear_error(case: str, build: Callable, expected: s
         action()
     error = user_error(raised.value)
     message = str(error)
-    assert isinstance(error, CSTMInputError if isinstance(action, Inference) else ValueError), \
-        f"{type(error).__name__}: {message}"
+    assert isinstance(
+        error, CSTMInputError if isinstance(action, Inference) else ValueError
+    ), f"{type(error).__name__}: {message}"
     assert expected in message
     assert "\n" not in message and len(message) < 400, message  # one short line
     origin = Path(traceback.extract_tb(error.__traceback__)[-1].filename)
@@ -603,16 +676,26 @@ def test_bad_input_gives_one_clear_error(case: str, build: Callable, expected: s
 # ---------------------------------------------------------------- through the bundle runner
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("image_truncated", "image.nii.gz: file is truncated"),  # list_studies, before the network is built
-    ("image_nan", "image.nii.gz: image contains NaN or Inf values"),  # LoadStudyd inside the evaluator's run
-    ("output_not_writable", "file.txt/out: cannot create the output folder"),  # check_outputs
-    ("dicom_pixel_data_truncated", "dicom/IM00004: cannot read the DICOM pixel data"),  # LoadImaged's reader chain
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("image_truncated", "image.nii.gz: file is truncated"),  # list_studies, before the network is built
+        ("image_nan", "image.nii.gz: image contains NaN or Inf values"),  # LoadStudyd inside the evaluator's run
+        ("output_not_writable", "file.txt/out: cannot create the output folder"),  # check_outputs
+        ("dicom_pixel_data_truncated", "dicom/IM00004: cannot read the DICOM pixel data"),  # LoadImaged's reader chain
+    ],
+)
 def test_bundle_runner_shows_the_short_message(case: str, expected: str, tmp_path: Path) -> None:
     action = row(case)[1](tmp_path)
-    result = run_bundle("inference", "inference.json", "--dataset_dir", str(action.dataset_dir),
-                        "--output_dir", str(action.output_dir), timeout=120)
+    result = run_bundle(
+        "inference",
+        "inference.json",
+        "--dataset_dir",
+        str(action.dataset_dir),
+        "--output_dir",
+        str(action.output_dir),
+        timeout=120,
+    )
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert expected in output, output[-3000:]
@@ -634,18 +717,29 @@ def wrapped(error: BaseException) -> BaseException:
         return e
 
 
-@pytest.mark.parametrize("error, expected", [
-    (wrapped(OSError(errno.ENOSPC, "No space left on device", "/out/model.pt")),
-     "ERROR: /out/model.pt: disk is full (No space left on device); expected free disk space."),
-    (wrapped(PermissionError(errno.EACCES, "Permission denied", "/data/s1/image.nii.gz")),
-     "ERROR: /data/s1/image.nii.gz: Permission denied."),
-    (wrapped(torch.OutOfMemoryError("CUDA out of memory")),
-     "ERROR: out of memory (OutOfMemoryError); expected a smaller --max_batch, or a device with more memory."),
-    (KeyboardInterrupt(), "ERROR: interrupted; every output already written is complete, none is half-written."),
-    (wrapped(ZeroDivisionError("a bug")), None),  # a bug: its traceback is the report
-], ids=["disk_full", "permission", "out_of_memory", "ctrl_c", "bug"])
-def test_errors_of_the_machine_end_in_one_error_line(error: BaseException, expected: str | None,
-                                                     monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (
+            wrapped(OSError(errno.ENOSPC, "No space left on device", "/out/model.pt")),
+            "ERROR: /out/model.pt: disk is full (No space left on device); expected free disk space.",
+        ),
+        (
+            wrapped(PermissionError(errno.EACCES, "Permission denied", "/data/s1/image.nii.gz")),
+            "ERROR: /data/s1/image.nii.gz: Permission denied.",
+        ),
+        (
+            wrapped(torch.OutOfMemoryError("CUDA out of memory")),
+            "ERROR: out of memory (OutOfMemoryError); expected a smaller --max_batch, or a device with more memory.",
+        ),
+        (KeyboardInterrupt(), "ERROR: interrupted; every output already written is complete, none is half-written."),
+        (wrapped(ZeroDivisionError("a bug")), None),  # a bug: its traceback is the report
+    ],
+    ids=["disk_full", "permission", "out_of_memory", "ctrl_c", "bug"],
+)
+def test_errors_of_the_machine_end_in_one_error_line(
+    error: BaseException, expected: str | None, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     """The last line ``bundle run`` prints for errors that are no CSTMInputError, but still the user's to fix."""
     monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: print("Traceback ...", file=sys.stderr))
     install_error_summary()
@@ -664,8 +758,13 @@ def test_single_slice_or_phase_is_propagated(shape: tuple[int, ...], tmp_path: P
     assert item["image"].shape == (1, *shape)
     network = build_cstm("small").eval()
     labels = Propagation4DInferer(roi_size=None)(
-        item["image"][None], network, item["annotation"][None], annotation_slice=item["annotation_slice"],
-        annotation_phase=item["annotation_phase"], image_spacing=item["image_spacing"][None])
+        item["image"][None],
+        network,
+        item["annotation"][None],
+        annotation_slice=item["annotation_slice"],
+        annotation_phase=item["annotation_phase"],
+        image_spacing=item["image_spacing"][None],
+    )
     assert labels.shape == (1, 1, *shape) and labels.dtype == torch.uint8
     annotated = labels[0, 0, :, :, item["annotation_slice"], item["annotation_phase"]]
     assert torch.equal(annotated, item["annotation"].to(torch.uint8))

@@ -51,8 +51,15 @@ def _cpu_peak_mib(fn) -> float:
     return peak / 2**20
 
 
-def matching_cases(size: int = 384, memory_frames: int = 2, device: str = "cpu", repeats: int = 7,
-                   patch_size: int = 6, top_k: int = 4, threads: int | None = None) -> dict[str, dict[str, float]]:
+def matching_cases(
+    size: int = 384,
+    memory_frames: int = 2,
+    device: str = "cpu",
+    repeats: int = 7,
+    patch_size: int = 6,
+    top_k: int = 4,
+    threads: int | None = None,
+) -> dict[str, dict[str, float]]:
     """Time and peak memory of every readout configuration of :data:`CASES` (one query frame); case -> ms and MiB.
 
     The cases are timed in turns (one readout of each case per round, ``repeats`` rounds, median), so that load from
@@ -101,21 +108,32 @@ def matching(size: int = 384, device: str = "cpu", repeats: int = 7, threads: in
         results = _in_subprocess("matching_cases", size, frames, device, repeats, 6, 4, threads)
         ref = results["dense 16+8"]
         for case, r in results.items():
-            rows.append(f"| {frames} | {case} | {r['ms']:.1f} | {r['ms'] / ref['ms']:.2f} | {r['peak_mib']:.1f} | "
-                        f"{r['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f} |")
+            rows.append(
+                f"| {frames} | {case} | {r['ms']:.1f} | {r['ms'] / ref['ms']:.2f} | {r['peak_mib']:.1f} | "
+                f"{r['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f} |"
+            )
     threads = threads or torch.get_num_threads()
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {threads} threads"
-    table = "\n".join([
-        f"Memory readout, one {size}x{size} query frame, full-variant widths, fp32, {name}",
-        "| T | matching | ms | time vs dense 16+8 | peak MiB | memory vs dense 16+8 |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ])
+    table = "\n".join(
+        [
+            f"Memory readout, one {size}x{size} query frame, full-variant widths, fp32, {name}",
+            "| T | matching | ms | time vs dense 16+8 | peak MiB | memory vs dense 16+8 |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     print(table)
 
 
-def inference_case(variant: str, size: int, max_batch: int, device: str = "cpu", amp: bool = False,
-                   num_slices: int = 12, num_phases: int = 30) -> dict[str, float]:
+def inference_case(
+    variant: str,
+    size: int,
+    max_batch: int,
+    device: str = "cpu",
+    amp: bool = False,
+    num_slices: int = 12,
+    num_phases: int = 30,
+) -> dict[str, float]:
     """Whole-study 4D propagation of one phantom study at ROI size ``size``; returns frames/s and peak MiB."""
     from .data.phantom import make_phantom_study
     from .inferers import Propagation4DInferer
@@ -129,8 +147,9 @@ def inference_case(variant: str, size: int, max_batch: int, device: str = "cpu",
     network = build_cstm(variant).to(dev).eval()
     roi_mm = 192 * 0.9  # the default ROI (173 mm), sampled at ``size`` pixels
     inferer = Propagation4DInferer(roi_size=size, spacing=roi_mm / size, max_batch=max_batch, amp=amp)
-    kwargs = dict(annotation=annotation, annotation_slice=z_a, annotation_phase=study.ed,
-                  image_spacing=torch.tensor([[1.8, 1.8]]))
+    kwargs = dict(
+        annotation=annotation, annotation_slice=z_a, annotation_phase=study.ed, image_spacing=torch.tensor([[1.8, 1.8]])
+    )
     if dev.type == "cuda":
         inferer(image, network, **kwargs)  # warm-up (cuDNN autotuning, allocator)
         torch.cuda.synchronize()
@@ -150,8 +169,10 @@ def inference_case(variant: str, size: int, max_batch: int, device: str = "cpu",
 
 
 def _in_subprocess(fn: str, *args: object) -> dict:
-    code = (f"import json; from scripts.benchmarks import {fn}; "
-            f"print(json.dumps({fn}(*json.loads({json.dumps(list(args))!r}))))")
+    code = (
+        f"import json; from scripts.benchmarks import {fn}; "
+        f"print(json.dumps({fn}(*json.loads({json.dumps(list(args))!r}))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -161,8 +182,9 @@ def _items(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (tuple, list)) else str(value).split(",")
 
 
-def inference(sizes: str = "240,384", variants: str = "small,full", device: str = "cpu", amp: bool = False,
-              serial: bool = True) -> None:
+def inference(
+    sizes: str = "240,384", variants: str = "small,full", device: str = "cpu", amp: bool = False, serial: bool = True
+) -> None:
     """Print whole-study frames/s and peak memory of the 4D propagation (12 slices × 30 phases), batched (all frames
     whose memory is ready in one call) vs frame by frame (``max_batch=1``, the paper's serial order)."""
     rows = []
@@ -175,12 +197,16 @@ def inference(sizes: str = "240,384", variants: str = "small,full", device: str 
                 line += f" {one['fps']:.1f} | {one['peak_mib']:.0f} | {batched['fps'] / one['fps']:.2f} |"
             rows.append(line)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print("\n".join([
-        f"4D propagation of a 12-slice x 30-phase study (360 frames), {name}, {'AMP' if amp else 'fp32'}",
-        "| variant | ROI px | batched frames/s | batched peak MiB | serial frames/s | serial peak MiB | batched/serial |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-    ]))
+    print(
+        "\n".join(
+            [
+                f"4D propagation of a 12-slice x 30-phase study (360 frames), {name}, {'AMP' if amp else 'fp32'}",
+                "| variant | ROI px | batched frames/s | batched peak MiB | serial frames/s | serial peak MiB | batched/serial |",
+                "|---|---|---|---|---|---|---|",
+                *rows,
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,13 +22,17 @@ class CSTMInputError(ValueError):
     The message has the form ``"{path}: {problem}; expected {expectation}."`` so the user knows which file to fix.
     """
 
-    def __init__(self, path: str | os.PathLike | None, problem: str, expected: str | None = None):
+    def __init__(self, path: str | os.PathLike | None, problem: str, expected: str | None = None):  # noqa: B042
         self.path = None if path is None else str(path)
         self.problem = problem
         self.expected = expected
         where = f"{self.path}: " if self.path else ""
         tail = f"; expected {expected}" if expected else ""
         super().__init__(f"{where}{problem}{tail}.")
+
+    def __reduce__(self) -> tuple:
+        """Pickled with its three arguments (a DataLoader worker or another rank may send it)."""
+        return type(self), (self.path, self.problem, self.expected)
 
 
 def find_input_error(error: BaseException | None) -> CSTMInputError | None:
@@ -62,8 +66,13 @@ def error_summary(error: BaseException | None) -> str | None:
         if isinstance(seen, OSError) and seen.filename:
             return str(CSTMInputError(seen.filename, seen.strerror or type(seen).__name__))
         if isinstance(seen, (MemoryError, torch.OutOfMemoryError)):
-            return str(CSTMInputError(None, f"out of memory ({type(seen).__name__})",
-                                      "a smaller --max_batch, or a device with more memory"))
+            return str(
+                CSTMInputError(
+                    None,
+                    f"out of memory ({type(seen).__name__})",
+                    "a smaller --max_batch, or a device with more memory",
+                )
+            )
         if isinstance(seen, KeyboardInterrupt):
             return "interrupted; every output already written is complete, none is half-written."
     return None
@@ -119,8 +128,11 @@ def check_overrides(argv: list[str] | None = None) -> None:
         if name in ids or (parent in ids and isinstance(ConfigParser(config)[parent], dict)):
             continue
         close = difflib.get_close_matches(name, sorted(ids), n=3)
-        raise CSTMInputError(f"--{name}", f"no such option in {', '.join(map(str, files))}",
-                             f"one of {', '.join('--' + c for c in close)}" if close else "an id of the config")
+        raise CSTMInputError(
+            f"--{name}",
+            f"no such option in {', '.join(map(str, files))}",
+            f"one of {', '.join('--' + c for c in close)}" if close else "an id of the config",
+        )
 
 
 def _ids(config: Any, prefix: str = "") -> Iterator[str]:

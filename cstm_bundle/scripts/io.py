@@ -44,7 +44,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrit
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions of any new file
         os.close(fd)
     except OSError as e:
-        raise CSTMInputError(path.parent, f"cannot write into this folder ({e.strerror})", "a writable output folder") from e
+        raise CSTMInputError(
+            path.parent, f"cannot write into this folder ({e.strerror})", "a writable output folder"
+        ) from e
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -60,8 +62,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrit
 def _write_error(path: str | os.PathLike, error: OSError) -> CSTMInputError:
     """The one-line error for an ``OSError`` while writing ``path``: a full disk (or quota) says so."""
     if error.errno in FULL_DISK:
-        return CSTMInputError(path, f"disk is full, the file was not written ({error.strerror or error})",
-                              "free space on the output disk, or another --output_dir")
+        return CSTMInputError(
+            path,
+            f"disk is full, the file was not written ({error.strerror or error})",
+            "free space on the output disk, or another --output_dir",
+        )
     return CSTMInputError(path, f"cannot write the file ({error.strerror or error})", "a writable --output_dir")
 
 
@@ -74,7 +79,9 @@ def save_torch(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Pa
             torch.save(obj, tmp)
         except RuntimeError as e:
             full = shutil.disk_usage(Path(tmp).parent).free < 2**20
-            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else str(e), tmp) from e
+            raise OSError(
+                errno.ENOSPC if full else errno.EIO, "No space left on device" if full else str(e), tmp
+            ) from e
 
     return write_atomic(path, write, overwrite)
 
@@ -85,8 +92,13 @@ def _umask() -> int:
     return mask
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, overwrite: bool = False,
-               header: nib.Nifti1Header | None = None) -> Path:
+def save_nifti(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    header: nib.Nifti1Header | None = None,
+) -> Path:
     """Save ``array`` as NIfTI with ``affine`` (qform = sform), atomically; see :func:`write_atomic`."""
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64), header=header)
     img.set_qform(img.affine, code=1)

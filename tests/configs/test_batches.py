@@ -21,8 +21,9 @@ OUTPUTS = ["cardiac_function.json", "label_4d.nii.gz", "volumes.csv"]
 
 def phantoms(folder: Path, names: list[str], seed: int = 7000) -> None:
     """Small phantom studies (96 x 96, 5 slices, 6 phases) named ``names``."""
-    write_phantom_studies(str(folder / ".src"), num_studies=len(names), seed=seed, image_size=(96, 96),
-                          num_slices=5, num_phases=6)
+    write_phantom_studies(
+        str(folder / ".src"), num_studies=len(names), seed=seed, image_size=(96, 96), num_slices=5, num_phases=6
+    )
     for i, name in enumerate(names):
         shutil.move(folder / ".src" / f"phantom_{seed + i:03d}", folder / name)
     shutil.rmtree(folder / ".src")
@@ -37,8 +38,17 @@ def with_nan(study: Path) -> None:
 
 
 def infer(data: Path, out: Path, *flags: str):
-    return run_bundle("inference", "inference.json", "--dataset_dir", str(data), "--output_dir", str(out),
-                      "--clinical_pictures", "false", *flags)
+    return run_bundle(
+        "inference",
+        "inference.json",
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--clinical_pictures",
+        "false",
+        *flags,
+    )
 
 
 def test_bad_studies_are_reported_and_the_good_ones_processed(tmp_path: Path) -> None:
@@ -88,7 +98,8 @@ def test_on_error_stop_stops_at_the_first_bad_study(tmp_path: Path) -> None:
     with_nan(data / "b_nan")
     result = infer(data, out, "--on_error", "stop")
     assert result.returncode != 0
-    assert result.stderr.rstrip().endswith(f"ERROR: {data / 'b_nan' / 'image.nii.gz'}: image contains NaN or Inf "
-                                           "values; expected finite intensities.")
+    assert result.stderr.rstrip().endswith(
+        f"ERROR: {data / 'b_nan' / 'image.nii.gz'}: image contains NaN or Inf " "values; expected finite intensities."
+    )
     assert sorted(p.name for p in out.iterdir()) == ["a_good"]  # nothing after the bad study
     assert "skipped as done" not in result.stdout  # no batch summary: the run stopped

@@ -22,11 +22,36 @@ def test_training_runs_and_checkpoints(tmp_path: Path) -> None:
     out, extra = tmp_path / "train", tmp_path / "extra"
     write_phantom_studies(str(extra), num_studies=1, seed=6100, image_size=(96, 96), num_slices=5, num_phases=6)
     result = run_bundle(
-        "training", "train.json",
-        "--demo_dir", str(tmp_path / "phantom"), "--demo_studies", "3", "--num_val", "1", "--max_epochs", "2",
-        "--val_interval", "2", "--samples_per_study", "2", "--num_workers", "0", "--output_dir", str(out),
-        "--extra_train_datasets", f"[{{'dataset_dir': '{extra}', 'weight': 0.5}}]", "--grad_clip_norm", "1.0",
-        "--init_checkpoint", str(BUNDLE / "models" / "model_phantom.pt"), "--encoder_norm", "frozen_batch", "--flip_prob", "0.5", "--elastic_prob", "0.5",
+        "training",
+        "train.json",
+        "--demo_dir",
+        str(tmp_path / "phantom"),
+        "--demo_studies",
+        "3",
+        "--num_val",
+        "1",
+        "--max_epochs",
+        "2",
+        "--val_interval",
+        "2",
+        "--samples_per_study",
+        "2",
+        "--num_workers",
+        "0",
+        "--output_dir",
+        str(out),
+        "--extra_train_datasets",
+        f"[{{'dataset_dir': {str(extra)!r}, 'weight': 0.5}}]",
+        "--grad_clip_norm",
+        "1.0",
+        "--init_checkpoint",
+        str(BUNDLE / "models" / "model_phantom.pt"),
+        "--encoder_norm",
+        "frozen_batch",
+        "--flip_prob",
+        "0.5",
+        "--elastic_prob",
+        "0.5",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "initial weights from" in result.stdout + result.stderr
@@ -58,13 +83,22 @@ def test_inference_writes_4d_label_maps(phantom_studies: Path, tmp_path: Path) -
 
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     for flags in ([], ["--overwrite", "false"], ["--overwrite", "False"], ["--overwrite", "0"]):
-        again = run_bundle("inference", "inference.json", "--dataset_dir", str(phantom_studies), "--output_dir",
-                           str(out), *flags)
+        again = run_bundle(
+            "inference", "inference.json", "--dataset_dir", str(phantom_studies), "--output_dir", str(out), *flags
+        )
         assert again.returncode != 0, flags
         assert "label_4d.nii.gz: output file exists" in again.stdout + again.stderr
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing touched
-    bad = run_bundle("inference", "inference.json", "--dataset_dir", str(phantom_studies), "--output_dir", str(out),
-                     "--overwrite", "maybe")
+    bad = run_bundle(
+        "inference",
+        "inference.json",
+        "--dataset_dir",
+        str(phantom_studies),
+        "--output_dir",
+        str(out),
+        "--overwrite",
+        "maybe",
+    )
     assert bad.returncode != 0 and "ERROR: --overwrite: got 'maybe'; expected true or false." in bad.stderr
 
 
@@ -73,22 +107,56 @@ def test_boolean_flags_do_what_they_say(phantom_studies: Path, tmp_path: Path) -
     ``--overwrite true`` replaces the earlier result."""
     study = sorted(p for p in phantom_studies.iterdir() if p.is_dir())[0]
     out = tmp_path / "out"
-    result = run_bundle("inference", "inference.json", "--dataset_dir", str(study), "--output_dir", str(out),
-                        "--clinical_outputs", "false", "--amp", "true")
+    result = run_bundle(
+        "inference",
+        "inference.json",
+        "--dataset_dir",
+        str(study),
+        "--output_dir",
+        str(out),
+        "--clinical_outputs",
+        "false",
+        "--amp",
+        "true",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in (out / study.name).iterdir()) == ["label_4d.nii.gz"]
-    result = run_bundle("inference", "inference.json", "--dataset_dir", str(study), "--output_dir", str(out),
-                        "--overwrite", "true", "--clinical_outputs", "True", "--clinical_pictures", "false",
-                        "--amp", "false")
+    result = run_bundle(
+        "inference",
+        "inference.json",
+        "--dataset_dir",
+        str(study),
+        "--output_dir",
+        str(out),
+        "--overwrite",
+        "true",
+        "--clinical_outputs",
+        "True",
+        "--clinical_pictures",
+        "false",
+        "--amp",
+        "false",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sorted(p.name for p in (out / study.name).iterdir()) == ["cardiac_function.json", "label_4d.nii.gz",
-                                                                    "volumes.csv"]
+    assert sorted(p.name for p in (out / study.name).iterdir()) == [
+        "cardiac_function.json",
+        "label_4d.nii.gz",
+        "volumes.csv",
+    ]
 
 
 def test_inference_generates_demo_when_missing(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
-    result = run_bundle("inference", "inference.json", "--demo_dir", str(demo), "--demo_studies", "1",
-                        "--output_dir", str(tmp_path / "out"))
+    result = run_bundle(
+        "inference",
+        "inference.json",
+        "--demo_dir",
+        str(demo),
+        "--demo_studies",
+        "1",
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (demo / "phantom_1000" / "image.nii.gz").is_file()
     assert (tmp_path / "out" / "phantom_1000" / "label_4d.nii.gz").is_file()
@@ -105,7 +173,9 @@ def test_inference_on_a_dicom_series_matches_its_nifti(phantom_studies: Path, tm
     for name in ("label_ed.nii.gz", "label_es.nii.gz", "info.json"):
         shutil.copy(source / name, data / "as_dicom" / name)
     write_cine_dicom(np.asarray(image.dataobj), image.affine, data / "as_dicom" / "dicom", series_per_slice=True)
-    result = run_bundle("inference", "inference.json", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out"))
+    result = run_bundle(
+        "inference", "inference.json", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out")
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     from_nifti, from_dicom = (nib.load(tmp_path / "out" / s / "label_4d.nii.gz") for s in ("as_nifti", "as_dicom"))
     np.testing.assert_allclose(from_dicom.affine, image.affine, atol=1e-4)

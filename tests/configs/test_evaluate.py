@@ -31,7 +31,11 @@ def test_evaluate_on_phantom_studies(phantom_studies: Path, tmp_path: Path) -> N
     # one row per study × phase × region × class (LV, Myo, RV, mean)
     assert len(model) == len(studies) * 2 * 4 * 4
     assert {(r["phase"], r["region"], r["class"]) for r in model} == {
-        (p, g, c) for p in ("ED", "ES") for g in ("basal", "middle", "apex", "whole") for c in ("LV", "Myo", "RV", "mean")}
+        (p, g, c)
+        for p in ("ED", "ES")
+        for g in ("basal", "middle", "apex", "whole")
+        for c in ("LV", "Myo", "RV", "mean")
+    }
     assert {r["phase"] for r in rows if r["method"] == "copy_ed"} == {"ES"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["studies"] == studies
@@ -68,8 +72,14 @@ def test_inference_writes_clinical_outputs(phantom_studies: Path, tmp_path: Path
     result = run_bundle("inference", "inference.json", "--dataset_dir", str(study), "--output_dir", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     folder = out / study.name
-    for name in ("label_4d.nii.gz", "volumes.csv", "cardiac_function.json", "volume_curve.png", "montage.png",
-                 "middle_slice.gif"):
+    for name in (
+        "label_4d.nii.gz",
+        "volumes.csv",
+        "cardiac_function.json",
+        "volume_curve.png",
+        "montage.png",
+        "middle_slice.gif",
+    ):
         assert (folder / name).is_file(), name
         assert str(folder / name) in result.stdout  # the user is told where it went
     function = json.loads((folder / "cardiac_function.json").read_text())
@@ -97,8 +107,13 @@ def test_shipped_weights_beat_copy_ed_and_dense_runs_on_held_out_acdc(tmp_path: 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     es = {method: m["ES"]["whole"] for method, m in json.loads((out / "summary.json").read_text())["metrics"].items()}
     assert set(es) == {"model", "copy_ed", "dense"}
-    print("\nES whole-heart 2D Dice, LV/Myo/RV/mean: " + "; ".join(
-        f"{method} " + "/".join(f"{es[method][c]['dice_2d']:.3f}" for c in ("LV", "Myo", "RV", "mean")) for method in es))
+    print(
+        "\nES whole-heart 2D Dice, LV/Myo/RV/mean: "
+        + "; ".join(
+            f"{method} " + "/".join(f"{es[method][c]['dice_2d']:.3f}" for c in ("LV", "Myo", "RV", "mean"))
+            for method in es
+        )
+    )
     # measured (0.4.0): model 0.877 (HD95 4.71 mm), dense 0.880 (4.12), copy-ED 0.812 (9.15): bounds near them
     assert es["model"]["mean"]["dice_2d"] > max(0.865, es["copy_ed"]["mean"]["dice_2d"] + 0.05)
     assert es["model"]["mean"]["hd95_2d"] < min(5.5, es["copy_ed"]["mean"]["hd95_2d"] - 3.0)
@@ -108,20 +123,38 @@ def test_shipped_weights_beat_copy_ed_and_dense_runs_on_held_out_acdc(tmp_path: 
 def test_evaluate_on_a_split_reports_each_group(phantom_studies: Path, tmp_path: Path) -> None:
     """evaluate_acdc.json reads one split of a datalist (as the bundle's datalist_acdc.json) and scores per group."""
     studies = sorted(p.name for p in phantom_studies.iterdir() if p.is_dir())
-    entry = [{"study_dir": f"{phantom_studies.name}/{s}", "dataset": "phantom", "patient": s, "group": g}
-             for s, g in zip(studies, ("HCM", "NOR"))]
+    entry = [
+        {"study_dir": f"{phantom_studies.name}/{s}", "dataset": "phantom", "patient": s, "group": g}
+        for s, g in zip(studies, ("HCM", "NOR"), strict=True)
+    ]
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"training": [], "validation": entry[:1], "test": entry}))
     out = tmp_path / "eval"
-    result = run_bundle("evaluate", [*EVALUATE, "evaluate_acdc.json"], "--datalist_file", str(datalist),
-                        "--data_root", str(phantom_studies.parent), "--split", "test", "--output_dir", str(out))
+    result = run_bundle(
+        "evaluate",
+        [*EVALUATE, "evaluate_acdc.json"],
+        "--datalist_file",
+        str(datalist),
+        "--data_root",
+        str(phantom_studies.parent),
+        "--split",
+        "test",
+        "--output_dir",
+        str(out),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_rows(out / "metrics.csv")
-    assert {(r["study"], r["group"]) for r in rows} == {(f"phantom_{s}", g) for s, g in zip(studies, ("HCM", "NOR"))}
+    assert {(r["study"], r["group"]) for r in rows} == {
+        (f"phantom_{s}", g) for s, g in zip(studies, ("HCM", "NOR"), strict=True)
+    }
     summary = json.loads((out / "summary.json").read_text())
     assert {g: b["studies"] for g, b in summary["groups"].items()} == {"HCM": 1, "NOR": 1}
     hcm = summary["groups"]["HCM"]["metrics"]["model"]["ES"]["whole"]["mean"]["dice_2d"]
-    expected = [float(r["dice_2d"]) for r in rows
-                if r["group"] == "HCM" and (r["method"], r["phase"], r["region"], r["class"]) == ("model", "ES", "whole", "mean")]
+    expected = [
+        float(r["dice_2d"])
+        for r in rows
+        if r["group"] == "HCM"
+        and (r["method"], r["phase"], r["region"], r["class"]) == ("model", "ES", "whole", "mean")
+    ]
     assert hcm == pytest.approx(expected[0], abs=1e-4)
     assert "| HCM (1) | ES | copy_ed |" in result.stdout and "| all (2) | ED | model |" in result.stdout

@@ -16,16 +16,34 @@ from helpers import REPO, bundle_command, run_bundle
 
 pytestmark = pytest.mark.slow
 
-TRAINING = ["--demo_studies", "3", "--num_val", "1", "--val_interval", "1", "--samples_per_study", "2",
-            "--num_workers", "0", "--max_epochs", "3"]
+TRAINING = [
+    "--demo_studies",
+    "3",
+    "--num_val",
+    "1",
+    "--val_interval",
+    "1",
+    "--samples_per_study",
+    "2",
+    "--num_workers",
+    "0",
+    "--max_epochs",
+    "3",
+]
 
 
 def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     out, demo = tmp_path / "run", tmp_path / "phantom"
     args = [*TRAINING, "--demo_dir", str(demo), "--output_dir", str(out)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(bundle_command("training", "train.json", *args), cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        bundle_command("training", "train.json", *args),
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     seen = []
     try:
         for line in proc.stdout:  # the first iteration of epoch 2: epoch 1 is saved, epoch 2 is under way
@@ -61,13 +79,23 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path: Pa
 def test_two_inference_runs_into_one_folder_both_finish(phantom_studies: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    cmd = bundle_command("inference", "inference.json", "--dataset_dir", str(phantom_studies), "--output_dir",
-                         str(out), "--overwrite", "true")
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    cmd = bundle_command(
+        "inference",
+        "inference.json",
+        "--dataset_dir",
+        str(phantom_studies),
+        "--output_dir",
+        str(out),
+        "--overwrite",
+        "true",
+    )
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     for study in sorted(p for p in phantom_studies.iterdir() if p.is_dir()):
         labels = np.asarray(nib.load(out / study.name / "label_4d.nii.gz").dataobj)  # complete and readable
         assert labels.shape == nib.load(study / "image.nii.gz").shape and set(np.unique(labels)) == {0, 1, 2, 3}
-    assert not [p for p in out.rglob(".*")]  # no temporary files left behind
+    assert not list(out.rglob(".*"))  # no temporary files left behind

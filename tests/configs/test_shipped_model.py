@@ -45,9 +45,15 @@ def predictions(inference_parts: ConfigParser, phantom_studies: Path) -> dict[st
     out = {}
     for study in sorted(p for p in phantom_studies.iterdir() if p.is_dir()):
         d = preprocessing({"image": str(study / "image.nii.gz"), "study": study.name, "study_dir": str(study)})
-        labels = inferer(d["image"][None], network, annotation=d["annotation"][None],
-                         annotation_slice=d["annotation_slice"], annotation_phase=d["annotation_phase"],
-                         image_spacing=d["image_spacing"][None], base_first=d["base_first"])
+        labels = inferer(
+            d["image"][None],
+            network,
+            annotation=d["annotation"][None],
+            annotation_slice=d["annotation_slice"],
+            annotation_phase=d["annotation_phase"],
+            image_spacing=d["image_spacing"][None],
+            base_first=d["base_first"],
+        )
         out[study.name] = labels[0, 0].numpy()
     return out
 
@@ -77,7 +83,9 @@ def test_predictions_follow_the_motion(predictions: dict[str, np.ndarray], phant
         true_lv = (truth == 3).sum(axis=(0, 1, 2)).astype(float)  # (T,) voxels per phase
         pred_lv = (labels == 3).sum(axis=(0, 1, 2)).astype(float)
         correlation = np.corrcoef(true_lv, pred_lv)[0, 1]
-        print(f"\n{name}: LV volume curve correlation {correlation:.3f}, "
-              f"predicted ES/ED {pred_lv.min() / pred_lv[0]:.2f}, true {true_lv.min() / true_lv[0]:.2f}")
+        print(
+            f"\n{name}: LV volume curve correlation {correlation:.3f}, "
+            f"predicted ES/ED {pred_lv.min() / pred_lv[0]:.2f}, true {true_lv.min() / true_lv[0]:.2f}"
+        )
         assert correlation > 0.9
         assert abs(np.argmin(pred_lv) - np.argmin(true_lv)) <= 1  # ES found within one phase

@@ -21,8 +21,9 @@ CLASSES = (1, 2, 3)
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean Dice of RV, Myo, LV between two label arrays."""
-    return float(np.mean([2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum())
-                          for c in CLASSES]))
+    return float(
+        np.mean([2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum()) for c in CLASSES])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +38,15 @@ def shipped() -> tuple:
 
 def preprocessing() -> Compose:
     """What a 3D tool runs before calling the inferer: image and annotation as the two input channels."""
-    return Compose([
-        LoadImaged(["image", "label"], image_only=True),
-        EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"),
-        ScaleIntensityRangePercentilesd("image", lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True),
-        ConcatItemsd(["image", "label"], "image"),
-        AsCineStudyd("image"),
-    ])
+    return Compose(
+        [
+            LoadImaged(["image", "label"], image_only=True),
+            EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"),
+            ScaleIntensityRangePercentilesd("image", lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True),
+            ConcatItemsd(["image", "label"], "image"),
+            AsCineStudyd("image"),
+        ]
+    )
 
 
 def write_cine_slice(folder: Path) -> tuple:
@@ -75,9 +78,14 @@ def test_single_slice_cine_with_annotation_channel(shipped: tuple, tmp_path: Pat
     assert model > copy_ed + 0.05
 
     with torch.no_grad():  # the same frames through the study path (explicit annotation arguments) agree
-        explicit = inferer(d["image"][None, :1], network, annotation=torch.as_tensor(annotation[None, ..., study.ed]),
-                           annotation_slice=0, annotation_phase=study.ed,
-                           image_spacing=torch.tensor([[1.8, 1.8]]))
+        explicit = inferer(
+            d["image"][None, :1],
+            network,
+            annotation=torch.as_tensor(annotation[None, ..., study.ed]),
+            annotation_slice=0,
+            annotation_phase=study.ed,
+            image_spacing=torch.tensor([[1.8, 1.8]]),
+        )
     np.testing.assert_array_equal(explicit[0, 0, :, :, 0].numpy(), labels)
 
 

@@ -16,9 +16,30 @@ def test_training_with_mlflow_logs_params_loss_dice_and_model(tmp_path: Path) ->
     out, store = tmp_path / "train", path_to_sqlite_uri(str(tmp_path / "store" / "mlflow.db"))
     (tmp_path / "store").mkdir()
     result = run_bundle(
-        "training", "train.json", "--tracking", "mlflow", "--tracking_uri", store, "--experiment_name", "cstm_test",
-        "--demo_dir", str(tmp_path / "phantom"), "--demo_studies", "3", "--num_val", "1", "--max_epochs", "1",
-        "--val_interval", "1", "--samples_per_study", "2", "--num_workers", "0", "--output_dir", str(out),
+        "training",
+        "train.json",
+        "--tracking",
+        "mlflow",
+        "--tracking_uri",
+        store,
+        "--experiment_name",
+        "cstm_test",
+        "--demo_dir",
+        str(tmp_path / "phantom"),
+        "--demo_studies",
+        "3",
+        "--num_val",
+        "1",
+        "--max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+        "--samples_per_study",
+        "2",
+        "--num_workers",
+        "0",
+        "--output_dir",
+        str(out),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not (out / "mlruns.db").exists()  # the store is where --tracking_uri says, not the default

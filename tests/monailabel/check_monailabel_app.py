@@ -45,8 +45,9 @@ CONF = {"models": MODEL, "zoo_source": "github", "sam2": "false", "preload": "fa
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean Dice of RV, Myo, LV between two label arrays."""
-    return float(np.mean([2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum())
-                          for c in CLASSES]))
+    return float(
+        np.mean([2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum()) for c in CLASSES])
+    )
 
 
 def write_inputs(root: Path, seed: int) -> tuple[Path, Path, np.ndarray, int, int]:
@@ -69,8 +70,21 @@ def write_inputs(root: Path, seed: int) -> tuple[Path, Path, np.ndarray, int, in
 
 def stock_app(root: Path) -> Path:
     """The stock monaibundle app, copied by MONAI Label's own CLI, with this bundle as ``model/cstm_bundle``."""
-    subprocess.run([sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle",
-                    "--output", str(root / "apps")], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monailabel.main",
+            "apps",
+            "--download",
+            "--name",
+            "monaibundle",
+            "--output",
+            str(root / "apps"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     app_dir = root / "apps" / "monaibundle"
     (app_dir / "model").mkdir(exist_ok=True)
     (app_dir / "model" / MODEL).symlink_to(BUNDLE, target_is_directory=True)
@@ -85,8 +99,10 @@ def check(name: str, labels: np.ndarray, truth: np.ndarray, annotation: np.ndarr
     if not np.array_equal(labels[..., ed], annotation[..., ed]):
         failures.append(f"{name}: the annotated phase {ed} was not reproduced exactly")
     model, copy_ed = dice(labels[..., es], truth[..., es]), dice(annotation[..., ed], truth[..., es])
-    print(f"{name}: label map {labels.shape} {labels.dtype}; ES mean Dice (RV, Myo, LV): model {model:.3f}, "
-          f"copy-ED {copy_ed:.3f}")
+    print(
+        f"{name}: label map {labels.shape} {labels.dtype}; ES mean Dice (RV, Myo, LV): model {model:.3f}, "
+        f"copy-ED {copy_ed:.3f}"
+    )
     if not model > copy_ed + 0.05:
         failures.append(f"{name}: ES Dice {model:.3f} is not above copy-ED {copy_ed:.3f} + 0.05")
     return failures
@@ -96,15 +112,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=5002, help="phantom seed (5000+ are never trained on)")
     parser.add_argument("--verbose", action="store_true", help="MONAI Label's INFO log")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (one slice is small: more only contend on a busy 2-core machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (one slice is small: more only contend on a busy 2-core machine)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
 
     import monailabel
     import torch
     from fastapi.testclient import TestClient
-
     from monailabel.config import settings
 
     torch.set_num_threads(args.threads)
@@ -131,8 +150,10 @@ def main() -> int:
             app = app_instance()
             info = client.get("/info/").json()
             model_info = info["models"].get(MODEL)
-            print(f"/info/ models: {sorted(info['models'])}; {MODEL}: type {model_info and model_info['type']}, "
-                  f"labels {model_info and model_info['labels']}, dimension {model_info and model_info['dimension']}")
+            print(
+                f"/info/ models: {sorted(info['models'])}; {MODEL}: type {model_info and model_info['type']}, "
+                f"labels {model_info and model_info['labels']}, dimension {model_info and model_info['dimension']}"
+            )
             if model_info is None:
                 return _fail([f"the app did not load the bundle: models {sorted(info['models'])}"])
             datastore = client.get("/datastore/?output=all").json()
@@ -140,8 +161,10 @@ def main() -> int:
 
             start = time.perf_counter()
             with open(annotation_path, "rb") as f:
-                response = client.post(f"/infer/{MODEL}?image=cine&output=image",
-                                       files={"label": ("annotation.nii.gz", f, "application/octet-stream")})
+                response = client.post(
+                    f"/infer/{MODEL}?image=cine&output=image",
+                    files={"label": ("annotation.nii.gz", f, "application/octet-stream")},
+                )
             print(f"POST /infer/{MODEL}: HTTP {response.status_code} in {time.perf_counter() - start:.1f} s")
             if response.status_code != 200:
                 return _fail([f"POST /infer/{MODEL} answered {response.status_code}: {response.text[:2000]}"])

@@ -30,13 +30,17 @@ def monailabel_python() -> Path | None:
 def test_stock_monaibundle_app_segments_a_cine_slice() -> None:
     python = monailabel_python()
     if python is None:
-        pytest.skip("no MONAI Label environment: run tests/monailabel/install_monailabel_env.sh, or set "
-                    "CSTM_MONAILABEL_PYTHON to the python of an environment with monailabel installed")
+        pytest.skip(
+            "no MONAI Label environment: run tests/monailabel/install_monailabel_env.sh, or set "
+            "CSTM_MONAILABEL_PYTHON to the python of an environment with monailabel installed"
+        )
     if not python.exists():
         pytest.fail(f"CSTM_MONAILABEL_PYTHON={python} does not exist")
-    run = subprocess.run([str(python), str(HERE / "check_monailabel_app.py")], capture_output=True, text=True,
-                         timeout=600, cwd=REPO)
+    run = subprocess.run(
+        [str(python), str(HERE / "check_monailabel_app.py")], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     sys.stdout.write(run.stdout)
-    assert run.returncode == 0, \
-        f"check_monailabel_app.py failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-6000:]}"
+    assert (
+        run.returncode == 0
+    ), f"check_monailabel_app.py failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-6000:]}"
     assert "MONAI Label check passed" in run.stdout

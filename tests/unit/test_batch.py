@@ -8,12 +8,12 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+from test_bad_inputs import write_study
 
 from scripts.data import SaveStudyLabeld, StudyBatch, list_studies, skipped_folders
 from scripts.data.batch import FAILED_KEY
 from scripts.errors import CSTMInputError
 from scripts.metrics import CardiacOutputsd
-from test_bad_inputs import write_study
 
 
 @pytest.fixture
@@ -35,8 +35,7 @@ def make_batch(root: Path, out: Path | None = None, **kwargs) -> StudyBatch:
     return StudyBatch(list_studies(root, check=False), root, transform=lambda item: item, writers=writers, **kwargs)
 
 
-def test_bad_studies_are_listed_before_the_run_and_passed_over(dataset: Path,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_studies_are_listed_before_the_run_and_passed_over(dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
     batch = make_batch(dataset)
     with caplog.at_level(logging.INFO):
         todo = batch.screen()
@@ -47,11 +46,13 @@ def test_bad_studies_are_listed_before_the_run_and_passed_over(dataset: Path,
     assert batch.failed[str(dataset / "no_annotation")].startswith("no annotation: neither annotation.nii.gz")
     assert "not a study: no image.nii.gz or dicom/ (it has image.nii" in batch.failed[str(dataset / "unzipped")]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bad study")]
-    assert [line.split(":")[0] for line in lines] == [f"bad study {dataset / n}" for n in ("bad", "no_annotation",
-                                                                                           "unzipped")]
+    assert [line.split(":")[0] for line in lines] == [
+        f"bad study {dataset / n}" for n in ("bad", "no_annotation", "unzipped")
+    ]
     assert ".snapshot" not in caplog.text  # a hidden folder is not a study
-    assert [f for f, _ in skipped_folders(dataset, [Path(s["study_dir"]) for s in batch.studies])] == \
-        [dataset / "unzipped"]
+    assert [f for f, _ in skipped_folders(dataset, [Path(s["study_dir"]) for s in batch.studies])] == [
+        dataset / "unzipped"
+    ]
 
 
 def test_on_error_stop_raises_the_first_bad_study(dataset: Path) -> None:
@@ -65,11 +66,14 @@ def test_a_single_bad_study_raises_its_own_error(tmp_path: Path) -> None:
         make_batch(tmp_path / "study").screen()
 
 
-def test_skip_done_skips_studies_whose_outputs_all_exist(dataset: Path, tmp_path: Path,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_skip_done_skips_studies_whose_outputs_all_exist(
+    dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     out = tmp_path / "out"
-    for name, files in (("good_a", ("label_4d.nii.gz", "volumes.csv", "cardiac_function.json")),
-                        ("good_b", ("label_4d.nii.gz",))):  # good_b: interrupted after its label map
+    for name, files in (
+        ("good_a", ("label_4d.nii.gz", "volumes.csv", "cardiac_function.json")),
+        ("good_b", ("label_4d.nii.gz",)),
+    ):  # good_b: interrupted after its label map
         (out / name).mkdir(parents=True)
         for f in files:
             (out / name / f).write_text("done")
@@ -95,7 +99,9 @@ def test_run_study_records_a_failure_and_goes_on(dataset: Path) -> None:
     assert batch.failed[str(dataset / "good_b")] == "RuntimeError: CUDA out of memory"
     marker = {"study": ["x"], "study_dir": [str(dataset / "x")], FAILED_KEY: ["image.nii.gz: image is constant (7.0)."]}
     assert batch.run_study(engine, marker) is None and batch.failed[str(dataset / "x")].endswith("constant (7.0).")
-    with pytest.raises(CSTMInputError, match=r"data: 5 of 6 studies failed \(bad, good_b, no_annotation, unzipped, x\)"):
+    with pytest.raises(
+        CSTMInputError, match=r"data: 5 of 6 studies failed \(bad, good_b, no_annotation, unzipped, x\)"
+    ):
         batch._raise_failures()
     stop = make_batch(dataset, on_error="stop")
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
@@ -104,13 +110,17 @@ def test_run_study_records_a_failure_and_goes_on(dataset: Path) -> None:
 
 def test_load_turns_a_failure_into_a_marker(dataset: Path) -> None:
     def transform(item: dict) -> dict:
-        raise RuntimeError("applying transform") from CSTMInputError(Path(item["study_dir"]) / "image.nii.gz",
-                                                                     "image contains NaN or Inf values")
+        raise RuntimeError("applying transform") from CSTMInputError(
+            Path(item["study_dir"]) / "image.nii.gz", "image contains NaN or Inf values"
+        )
 
     item = {"study": "good_a", "study_dir": str(dataset / "good_a"), "image": "..."}
     batch = StudyBatch([item], dataset, transform)
-    assert batch.load(item) == {"study": "good_a", "study_dir": item["study_dir"],
-                                FAILED_KEY: "image.nii.gz: image contains NaN or Inf values."}
+    assert batch.load(item) == {
+        "study": "good_a",
+        "study_dir": item["study_dir"],
+        FAILED_KEY: "image.nii.gz: image contains NaN or Inf values.",
+    }
     with pytest.raises(RuntimeError):
         StudyBatch([item], dataset, transform, on_error="stop").load(item)
 

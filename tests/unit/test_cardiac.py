@@ -26,7 +26,7 @@ def cylinder_phantom() -> np.ndarray:
     """(H, W, Z, T) labels: LV blood discs in a myocardial ring and an RV disc, on every slice: volumes are known."""
     rows, cols = np.meshgrid(np.arange(SHAPE[0]) * SPACING[0], np.arange(SHAPE[1]) * SPACING[1], indexing="ij")
     labels = np.zeros((*SHAPE, len(LV_RADIUS)), dtype=np.uint8)
-    for t, (r_lv, r_rv) in enumerate(zip(LV_RADIUS, RV_RADIUS)):
+    for t, (r_lv, r_rv) in enumerate(zip(LV_RADIUS, RV_RADIUS, strict=True)):
         d_lv = np.hypot(rows - 60, cols - 50)
         d_rv = np.hypot(rows - 60, cols - 50 - r_lv - WALL - r_rv - 1)
         frame = np.zeros(SHAPE[:2], np.uint8)
@@ -72,8 +72,12 @@ def test_overlay_blends_each_class_colour_over_the_grey_image() -> None:
     image = np.array([[0.0, 50.0, 100.0, 150.0, 200.0]])  # grey 0 .. 127.5 in the window 0..400
     for labels in (np.array([[0, 1, 2, 3, 0]]), np.array([[0, 0, 2, 0, 0]])):
         rgb = overlay(image, labels, 0.0, 400.0).astype(float)
-        want = np.stack([np.full(3, g) if v == 0 else (1 - ALPHA) * g + ALPHA * np.asarray(COLOURS[v])
-                         for g, v in zip(image[0] / 400 * 255, labels[0])])
+        want = np.stack(
+            [
+                np.full(3, g) if v == 0 else (1 - ALPHA) * g + ALPHA * np.asarray(COLOURS[v])
+                for g, v in zip(image[0] / 400 * 255, labels[0], strict=True)
+            ]
+        )
         np.testing.assert_allclose(rgb[0], want, atol=1)
 
 
@@ -86,8 +90,12 @@ def study_item(tmp_path: Path) -> dict:
     study_dir.mkdir()
     (study_dir / "info.json").write_text(json.dumps({"ed": 0, "es": 3}))
     affine = np.diag([2.0, 2.0, 8.0, 1.0])
-    return {"pred": labels[None], "image": MetaTensor(image[None], affine=affine), "study": "study",
-            "study_dir": str(study_dir)}
+    return {
+        "pred": labels[None],
+        "image": MetaTensor(image[None], affine=affine),
+        "study": "study",
+        "study_dir": str(study_dir),
+    }
 
 
 def test_cardiac_outputs_files_and_pictures(study_item: dict, tmp_path: Path) -> None:
@@ -132,11 +140,17 @@ def test_suspect_results_are_flagged() -> None:
 
     labels = np.zeros((4, 4, 1, 4), np.uint8)
     labels[..., 0] = 3  # LV at one phase only, RV never
-    result = {"lv": {"edv_ml": 0.016, "esv_ml": 0.0, "ef_percent": 100.0}, "rv": {"edv_ml": 0.0, "esv_ml": 0.0,
-                                                                              "ef_percent": None}, "lv_mass_g": 0.0}
+    result = {
+        "lv": {"edv_ml": 0.016, "esv_ml": 0.0, "ef_percent": 100.0},
+        "rv": {"edv_ml": 0.0, "esv_ml": 0.0, "ef_percent": None},
+        "lv_mass_g": 0.0,
+    }
     assert sanity_flags(result, labels) == ["LV EDV 0.0 mL outside 10-600 mL", "LV absent from 3 of 4 phases"]
-    result = {"lv": {"edv_ml": 120.0, "esv_ml": 150.0, "ef_percent": -25.0},
-              "rv": {"edv_ml": 130.0, "esv_ml": 60.0, "ef_percent": 53.8}, "lv_mass_g": 110.0}
+    result = {
+        "lv": {"edv_ml": 120.0, "esv_ml": 150.0, "ef_percent": -25.0},
+        "rv": {"edv_ml": 130.0, "esv_ml": 60.0, "ef_percent": 53.8},
+        "lv_mass_g": 110.0,
+    }
     labels[...] = 3
     labels[0, 0] = 1
     labels[0, 1] = 2

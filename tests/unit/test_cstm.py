@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from monai.bundle import ConfigParser
 from torch import nn
 
+from helpers import CONFIGS, TINY_CSTM
 from scripts.engines import propagate_triplet
 from scripts.inferers.propagation import crop_padding, pad_to_multiple
 from scripts.networks.cstm import CSTM, build_cstm, stack_memory
-from helpers import CONFIGS, TINY_CSTM
 
 
 def small_net(**kwargs) -> CSTM:
@@ -36,8 +36,10 @@ def test_segment_with_t_memory_frames(net: CSTM, size: tuple[int, int], t: int) 
     images = [torch.rand(b, 1, h, w, generator=g) for _ in range(t + 1)]
     with torch.no_grad():
         keys = [net.encode_key(img) for img in images]
-        values = [net.encode_value(img, random_mask(b, h, w, i), key)
-                  for i, (img, key) in enumerate(zip(images[:t], keys[:t]))]
+        values = [
+            net.encode_value(img, random_mask(b, h, w, i), key)
+            for i, (img, key) in enumerate(zip(images[:t], keys[:t], strict=True))
+        ]
         memory = stack_memory(keys[:t], values)
         logits = net.segment(keys[t], memory)
     assert keys[0].key16.shape == (b, 32, h // 16, w // 16) and keys[0].key8.shape == (b, 32, h // 8, w // 8)
@@ -55,7 +57,7 @@ def test_odd_sizes_are_padded_to_the_patch_grid_and_cropped_back(net: CSTM, size
     images, pad = pad_to_multiple(torch.rand(b, t + 1, h, w, generator=g), net.size_multiple, net.matcher.min_size)
     padded = images.shape[-2:]
     assert all(s % 48 == 0 and s >= 96 for s in padded) and padded[0] - h < 48 and padded[1] - w < 48
-    frames = [images[:, i: i + 1] for i in range(t + 1)]
+    frames = [images[:, i : i + 1] for i in range(t + 1)]
     with torch.no_grad():
         keys = [net.encode_key(frame) for frame in frames]
         values = [net.encode_value(frames[i], random_mask(b, *padded, i), keys[i]) for i in range(t)]
@@ -69,8 +71,10 @@ def test_logits_depend_on_the_memory_mask(net: CSTM) -> None:
     memory_image, query_image = torch.rand(1, 1, 96, 96, generator=g), torch.rand(1, 1, 96, 96, generator=g)
     with torch.no_grad():
         key, query = net.encode_key(memory_image), net.encode_key(query_image)
-        out = [net.segment(query, stack_memory([key], [net.encode_value(memory_image, random_mask(1, 96, 96, s), key)]))
-               for s in (0, 1)]
+        out = [
+            net.segment(query, stack_memory([key], [net.encode_value(memory_image, random_mask(1, 96, 96, s), key)]))
+            for s in (0, 1)
+        ]
     assert not torch.allclose(out[0], out[1])
 
 
@@ -143,8 +147,9 @@ def test_encoder_batchnorm_stays_frozen_in_training_mode() -> None:
     assert norms and all(name.startswith(("key_encoder.", "value_encoder.")) for name in norms)
     assert net.training and net.key_encoder.training and net.value_encoder.training and net.decoder.training
     assert not any(m.training for m in norms.values())
-    before = {name: (m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for name, m in
-              norms.items()}
+    before = {
+        name: (m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for name, m in norms.items()
+    }
     x = torch.cat([torch.rand(2, 1, 96, 96) * 5 + 3, random_mask(2, 96, 96)], 1)
     net(x).sum().backward()
     for name, m in norms.items():

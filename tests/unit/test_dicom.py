@@ -94,13 +94,16 @@ def _scanner_cine(folder: Path, gap_mm: float = 7.5) -> dict:
             ds = pydicom.dcmread(sources[(z + t) % 3])
             orientation = np.asarray(ds.ImageOrientationPatient, float)
             normal = np.cross(orientation[3:], orientation[:3])
-            ds.ImagePositionPatient = [float(v) for v in np.asarray(ds.ImagePositionPatient, float) + z * gap_mm * normal]
+            ds.ImagePositionPatient = [
+                float(v) for v in np.asarray(ds.ImagePositionPatient, float) + z * gap_mm * normal
+            ]
             ds.TriggerTime = 40.0 * t
             ds.InstanceNumber = 1 + 3 * z + t
             ds.SOPInstanceUID = pydicom.uid.generate_uid()
             ds.save_as(folder / f"IM{5 - 3 * z - t:04d}", enforce_file_format=True)
             frames[z, t] = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(
-                ds.get("RescaleIntercept", 0))
+                ds.get("RescaleIntercept", 0)
+            )
     return frames
 
 
@@ -135,10 +138,17 @@ def _colour(ds: pydicom.Dataset) -> None:
     ds.PixelData = ds.PixelData * 3
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda path: path.write_bytes(path.read_bytes()[:300]), "DICOM image without an image header"),  # cut in the header
-    (lambda path: retag(path, _colour), r"3 samples per pixel \(RGB\); expected a greyscale MR image"),
-], ids=["header_cut_short", "colour"])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            lambda path: path.write_bytes(path.read_bytes()[:300]),
+            "DICOM image without an image header",
+        ),  # cut in the header
+        (lambda path: retag(path, _colour), r"3 samples per pixel \(RGB\); expected a greyscale MR image"),
+    ],
+    ids=["header_cut_short", "colour"],
+)
 def test_a_damaged_or_colour_file_is_refused_by_name(study, damage, expected: str, tmp_path: Path) -> None:
     files = write_cine_dicom(study.image, study.affine, tmp_path / "dicom")
     damage(files[3])

@@ -28,8 +28,8 @@ def test_step_equals_the_inferer_calls(step: PropagationStep) -> None:
     query, images, masks = _inputs(2, 3)
     net = step.network
     with torch.no_grad():
-        keys = [net.encode_key(images[:, i: i + 1]) for i in range(3)]
-        values = [net.encode_value(images[:, i: i + 1], masks[:, i], k) for i, k in enumerate(keys)]
+        keys = [net.encode_key(images[:, i : i + 1]) for i in range(3)]
+        values = [net.encode_value(images[:, i : i + 1], masks[:, i], k) for i, k in enumerate(keys)]
         expected = net.segment(net.encode_key(query), stack_memory(keys, values))
         torch.testing.assert_close(step(query, images, masks), expected)
 

@@ -41,7 +41,9 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-def test_a_full_disk_during_torch_save_is_named_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_during_torch_save_is_named_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """torch reports a failed write as RuntimeError; a checkpoint on a full disk says so and leaves no file."""
     from collections import namedtuple
 

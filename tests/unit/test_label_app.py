@@ -45,13 +45,16 @@ def test_annotation_becomes_the_second_channel(tmp_path: Path) -> None:
     np.testing.assert_allclose(out.affine.numpy(), AFFINE)  # the image's meta travels on
 
 
-@pytest.mark.parametrize("label, kw, message", [
-    (None, {}, r"cine.nii.gz: the request has no annotation \('label'\)"),
-    (annotation((16, 16, 4)), {}, r"annotation has shape \(16, 16, 4\); expected the image grid \(16, 16, 5\)"),
-    (annotation(), {"affine": np.diag([1.0, 1.0, 8.0, 1.0])}, "annotation affine differs from the image affine"),
-    (annotation() * 2, {}, r"annotation values \[0, 2, 6\] outside \[0, 1, 2, 3\]"),
-    (np.zeros((16, 16, 5), np.uint8), {}, r"annotation is empty \(no labelled pixel\)"),
-])
+@pytest.mark.parametrize(
+    "label, kw, message",
+    [
+        (None, {}, r"cine.nii.gz: the request has no annotation \('label'\)"),
+        (annotation((16, 16, 4)), {}, r"annotation has shape \(16, 16, 4\); expected the image grid \(16, 16, 5\)"),
+        (annotation(), {"affine": np.diag([1.0, 1.0, 8.0, 1.0])}, "annotation affine differs from the image affine"),
+        (annotation() * 2, {}, r"annotation values \[0, 2, 6\] outside \[0, 1, 2, 3\]"),
+        (np.zeros((16, 16, 5), np.uint8), {}, r"annotation is empty \(no labelled pixel\)"),
+    ],
+)
 def test_bad_annotations_name_the_file_and_the_problem(tmp_path: Path, label, kw: dict, message: str) -> None:
     with pytest.raises(CSTMInputError, match=message):
         AnnotationChanneld("image")(request(tmp_path, label, **kw))

@@ -16,8 +16,13 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from scripts.data import LoadStudyd, list_studies, prepare_dataset, write_phantom_studies
 from scripts.errors import CSTMInputError
 
-LOAD = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image", channel_dim="no_channel"),
-                LoadStudyd("image", with_labels=True)])
+LOAD = Compose(
+    [
+        LoadImaged("image", image_only=True),
+        EnsureChannelFirstd("image", channel_dim="no_channel"),
+        LoadStudyd("image", with_labels=True),
+    ]
+)
 KEYS = ("annotation", "annotation_slice", "annotation_phase", "label", "ed", "es", "image_spacing", "base_first")
 
 
@@ -74,9 +79,16 @@ def _write_datalist(native: Path, root: Path) -> Path:
     items = []
     for study in _studies(native):
         info = json.loads((study / "info.json").read_text())
-        items.append({"study": study.name, "image": f"../native/{study.name}/image.nii.gz",
-                      "label_ed": f"../native/{study.name}/label_ed.nii.gz",
-                      "label_es": f"../native/{study.name}/label_es.nii.gz", "ed": info["ed"], "es": info["es"]})
+        items.append(
+            {
+                "study": study.name,
+                "image": f"../native/{study.name}/image.nii.gz",
+                "label_ed": f"../native/{study.name}/label_ed.nii.gz",
+                "label_es": f"../native/{study.name}/label_es.nii.gz",
+                "ed": info["ed"],
+                "es": info["es"],
+            }
+        )
     shutil.copytree(native, root / "native")
     (root / "lists").mkdir()
     (root / "lists" / "datalist.json").write_text(json.dumps({"training": items}))
@@ -87,12 +99,15 @@ def _write_datalist(native: Path, root: Path) -> Path:
 def test_layout_loads_as_the_native_study(layout: str, native: Path, tmp_path: Path) -> None:
     source = tmp_path / layout
     source.mkdir()
-    dataset = {"acdc": lambda: (_write_acdc(native, source), source)[1], "mnms": lambda: _write_mnms(native, source),
-               "datalist": lambda: _write_datalist(native, source)}[layout]()
+    dataset = {
+        "acdc": lambda: (_write_acdc(native, source), source)[1],
+        "mnms": lambda: _write_mnms(native, source),
+        "datalist": lambda: _write_datalist(native, source),
+    }[layout]()
     converted = list_studies(prepare_dataset(dataset, layout, tmp_path / "studies"))
     expected = list_studies(native)
     assert len(converted) == len(expected) == 2
-    for item, reference in zip(converted, expected):
+    for item, reference in zip(converted, expected, strict=True):
         got, want = LOAD(item), LOAD(reference)
         torch.testing.assert_close(got["image"].as_tensor(), want["image"].as_tensor())
         np.testing.assert_allclose(got["image"].affine, want["image"].affine)
@@ -134,7 +149,7 @@ def test_uncompressed_nii_sources_are_written_compressed(native: Path, tmp_path:
             item[key] = item[key][: -len(".gz")]
     dataset.write_text(json.dumps({"training": items}))
     converted = list_studies(prepare_dataset(dataset, "datalist", tmp_path / "studies"))
-    for item, reference in zip(converted, list_studies(native)):
+    for item, reference in zip(converted, list_studies(native), strict=True):
         assert Path(item["image"]).read_bytes()[:2] == b"\x1f\x8b"
         got, want = LOAD(item), LOAD(reference)
         torch.testing.assert_close(got["image"].as_tensor(), want["image"].as_tensor())
@@ -151,8 +166,9 @@ def test_a_study_left_from_an_earlier_conversion_is_not_listed(native: Path, tmp
 
 
 @pytest.mark.parametrize("bare_list", [False, True])
-def test_a_study_named_like_a_folder_beside_the_datalist_stays_a_name(bare_list: bool, native: Path,
-                                                                      tmp_path: Path) -> None:
+def test_a_study_named_like_a_folder_beside_the_datalist_stays_a_name(
+    bare_list: bool, native: Path, tmp_path: Path
+) -> None:
     """The datalist sits in the dataset folder beside the study folders it names (not load_decathlon_datalist, which
     would make each "study" an absolute path to that folder, and write the conversion into the dataset)."""
     root = tmp_path / "dataset"
@@ -161,13 +177,15 @@ def test_a_study_named_like_a_folder_beside_the_datalist_stays_a_name(bare_list:
     (root / "datalist.json").write_text(json.dumps(items if bare_list else {"training": items}))
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     converted = list_studies(prepare_dataset(root / "datalist.json", "datalist", tmp_path / "studies"))
-    assert [(s["study"], Path(s["study_dir"]).parent) for s in converted] == [(i["study"], tmp_path / "studies")
-                                                                               for i in items]
+    assert [(s["study"], Path(s["study_dir"]).parent) for s in converted] == [
+        (i["study"], tmp_path / "studies") for i in items
+    ]
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # the dataset is left alone
 
 
-def test_skipped_folders_are_reported_and_hidden_ones_ignored(native: Path, tmp_path: Path,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_skipped_folders_are_reported_and_hidden_ones_ignored(
+    native: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "dataset"
     shutil.copytree(native, root)
     first = sorted(p for p in root.iterdir() if p.is_dir())[0]
@@ -182,8 +200,9 @@ def test_skipped_folders_are_reported_and_hidden_ones_ignored(native: Path, tmp_
     assert ".snapshot" not in caplog.text
 
 
-def test_train_json_converts_a_layout_once_for_training_and_validation(native: Path, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_json_converts_a_layout_once_for_training_and_validation(
+    native: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The conversion is train.json's explicit step (``study_folders``), shared by both datalists, not hidden in
     ``list_studies`` (where it ran once per datalist)."""
     from monai.bundle import ConfigParser
@@ -197,8 +216,15 @@ def test_train_json_converts_a_layout_once_for_training_and_validation(native: P
     monkeypatch.setattr(layouts, "convert_layout", lambda *a, **k: calls.append(a) or convert(*a, **k))
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    parser.update({"dataset_dir": str(tmp_path / "acdc"), "dataset_layout": "acdc", "num_val": 1,
-                   "output_dir": str(tmp_path / "run"), "extra_train_datasets": []})
+    parser.update(
+        {
+            "dataset_dir": str(tmp_path / "acdc"),
+            "dataset_layout": "acdc",
+            "num_val": 1,
+            "output_dir": str(tmp_path / "run"),
+            "extra_train_datasets": [],
+        }
+    )
     train, val = parser.get_parsed_content("train#studies"), parser.get_parsed_content("validate#datalist")
     assert len(calls) == 1
     assert [s["study"] for s in train + val] == ["patient001", "patient002"]

@@ -6,11 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import TINY_CSTM
 from scripts.engines import BootstrappedCE, propagate_triplet
 from scripts.networks.cstm import CSTM, stack_memory
-from helpers import TINY_CSTM
-
-
 
 
 def per_pixel_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -19,8 +17,9 @@ def per_pixel_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -log_p.gather(1, target[:, None].long()).flatten()
 
 
-@pytest.mark.parametrize("iteration, expected", [(0, 1.0), (9, 1.0), (10, 1.0), (15, 0.8), (20, 0.6), (30, 0.2),
-                                                 (10_000, 0.2)])
+@pytest.mark.parametrize(
+    "iteration, expected", [(0, 1.0), (9, 1.0), (10, 1.0), (15, 0.8), (20, 0.6), (30, 0.2), (10_000, 0.2)]
+)
 def test_fraction_schedule(iteration: int, expected: float) -> None:
     loss = BootstrappedCE(start_warm=10, end_warm=30, top_p=0.2)
     assert loss.fraction(iteration) == pytest.approx(expected)
@@ -29,7 +28,7 @@ def test_fraction_schedule(iteration: int, expected: float) -> None:
 def test_fraction_is_monotone_and_linear_between_the_warm_marks() -> None:
     loss = BootstrappedCE(start_warm=100, end_warm=500, top_p=0.15)
     values = [loss.fraction(i) for i in range(0, 700, 50)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
     steps = [loss.fraction(i) - loss.fraction(i + 1) for i in range(100, 500)]
     assert steps == pytest.approx([0.85 / 400] * 400)
 
@@ -103,8 +102,7 @@ def test_gradients_flow_only_through_kept_pixels() -> None:
     assert touched.flatten().tolist() == [False] * 6 + [True] * 2
 
 
-@pytest.mark.parametrize("kwargs", [{"top_p": 0.0}, {"top_p": -0.1}, {"top_p": 1.5},
-                                    {"start_warm": 10, "end_warm": 5}])
+@pytest.mark.parametrize("kwargs", [{"top_p": 0.0}, {"top_p": -0.1}, {"top_p": 1.5}, {"start_warm": 10, "end_warm": 5}])
 def test_invalid_arguments_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="top_p"):
         BootstrappedCE(**kwargs)

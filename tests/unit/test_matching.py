@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -34,12 +35,18 @@ def naive_plm(
     chosen: list[list[set[int]]] = []
     for bi in range(b):
         chosen.append([])
-        mem_keys = [memory_key[bi, :, ti, r: r + p, c: c + p].reshape(ck, p * p).double()
-                    for ti in range(t) for r, c in corners]
-        mem_values = [memory_value[bi, :, ti, r: r + p, c: c + p].reshape(cv, p * p).double()
-                      for ti in range(t) for r, c in corners]
+        mem_keys = [
+            memory_key[bi, :, ti, r : r + p, c : c + p].reshape(ck, p * p).double()
+            for ti in range(t)
+            for r, c in corners
+        ]
+        mem_values = [
+            memory_value[bi, :, ti, r : r + p, c : c + p].reshape(cv, p * p).double()
+            for ti in range(t)
+            for r, c in corners
+        ]
         for n, (r, c) in enumerate(corners):
-            q = query_key[bi, :, r: r + p, c: c + p].reshape(ck, p * p).double()
+            q = query_key[bi, :, r : r + p, c : c + p].reshape(ck, p * p).double()
             if topk_idx is None:
                 distances = torch.stack([(q - k).pow(2).sum() for k in mem_keys])
                 idx = distances.argsort()[:top_k].tolist()
@@ -50,16 +57,19 @@ def naive_plm(
             values = torch.cat([mem_values[i] for i in idx], 1)  # (C_v, K*P*P)
             affinity = (2 * keys.T @ q - keys.pow(2).sum(0)[:, None]) / math.sqrt(ck)  # (K*P*P, P*P)
             read = values @ affinity.softmax(0)  # (C_v, P*P)
-            total[bi, :, r: r + p, c: c + p] += read.reshape(cv, p, p)
+            total[bi, :, r : r + p, c : c + p] += read.reshape(cv, p, p)
             if bi == 0:
-                count[r: r + p, c: c + p] += 1
+                count[r : r + p, c : c + p] += 1
     return (total / count).float(), chosen
 
 
 def random_memory(b: int, ck: int, cv: int, t: int, h: int, w: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, ck, h, w, generator=g), torch.randn(b, ck, t, h, w, generator=g),
-            torch.randn(b, cv, t, h, w, generator=g))
+    return (
+        torch.randn(b, ck, h, w, generator=g),
+        torch.randn(b, ck, t, h, w, generator=g),
+        torch.randn(b, cv, t, h, w, generator=g),
+    )
 
 
 @pytest.mark.parametrize("t", [1, 2, 3])
@@ -190,12 +200,14 @@ def test_plm_gradients_match_naive_reference() -> None:
     q, k, v = random_memory(2, 3, 5, 2, 6, 6, seed=11)
     weight = torch.randn(2, 5, 6, 6, generator=torch.Generator().manual_seed(12))
     grads = []
-    for fn in (lambda *x: plm_readout(*x, patch_size=4, top_k=2, chunk_size=3)[0],
-               lambda *x: naive_plm(*x, patch_size=4, top_k=2)[0]):
+    for fn in (
+        lambda *x: plm_readout(*x, patch_size=4, top_k=2, chunk_size=3)[0],
+        lambda *x: naive_plm(*x, patch_size=4, top_k=2)[0],
+    ):
         inputs = [x.clone().requires_grad_() for x in (q, k, v)]
         (fn(*inputs) * weight).sum().backward()
         grads.append([x.grad for x in inputs])
-    for got, expected in zip(*grads):
+    for got, expected in zip(*grads, strict=True):
         assert got.abs().sum() > 0
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -223,8 +235,10 @@ def test_matcher_size_multiple() -> None:
     assert PatchMemoryMatcher("plm", patch_size=6).min_size == 96
 
 
-@pytest.mark.parametrize("kwargs", [{"mode": "sparse"}, {"strides": (4,)}, {"strides": ()}, {"strides": (16, 16)},
-                                    {"patch_size": 5}, {"top_k": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"mode": "sparse"}, {"strides": (4,)}, {"strides": ()}, {"strides": (16, 16)}, {"patch_size": 5}, {"top_k": 0}],
+)
 def test_matcher_rejects_bad_configuration(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         PatchMemoryMatcher(**kwargs)
@@ -270,8 +284,11 @@ def test_plm_gathers_selected_pixels_without_unfolding_the_memory_values() -> No
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_plm_readout_under_autocast_matches_fp32(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(3)
-    q, k, v = torch.randn(1, 8, 12, 12, generator=gen), torch.randn(1, 8, 2, 12, 12, generator=gen), torch.randn(
-        1, 16, 2, 12, 12, generator=gen)
+    q, k, v = (
+        torch.randn(1, 8, 12, 12, generator=gen),
+        torch.randn(1, 8, 2, 12, 12, generator=gen),
+        torch.randn(1, 16, 2, 12, 12, generator=gen),
+    )
     reference, _ = plm_readout(q, k, v, 4, 3)
     with torch.autocast("cpu", dtype=dtype):
         low, _ = plm_readout(q, k, v, 4, 3)

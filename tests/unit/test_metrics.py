@@ -108,9 +108,20 @@ def test_report_copy_ed_baseline_and_table(monkeypatch: pytest.MonkeyPatch) -> N
     pred[0, ..., 0], pred[0, ..., 2] = ed_truth, es_truth
     monkeypatch.setattr("scripts.metrics.report.read_info", lambda _: {"labels": [3]})
     report = EvaluationReport("unused", baselines=["copy_ed"])
-    report({"label": label, "pred": pred, "ed": 0, "es": 2, "annotation_slice": 1, "annotation_phase": 0,
-            "base_first": True, "study": "s", "study_dir": "unused",
-            "image": MetaTensor(np.zeros((1, 12, 12, 3, 4)), affine=np.diag([1.5, 1.5, 8.0, 1.0]))})
+    report(
+        {
+            "label": label,
+            "pred": pred,
+            "ed": 0,
+            "es": 2,
+            "annotation_slice": 1,
+            "annotation_phase": 0,
+            "base_first": True,
+            "study": "s",
+            "study_dir": "unused",
+            "image": MetaTensor(np.zeros((1, 12, 12, 3, 4)), affine=np.diag([1.5, 1.5, 8.0, 1.0])),
+        }
+    )
     summary = report.summary()
     assert summary["model"]["ES"]["whole"]["LV"]["dice_2d"] == 1.0
     assert summary["copy_ed"]["ES"]["whole"]["LV"]["dice_2d"] == pytest.approx(2 * 16 / (64 + 16))
@@ -121,14 +132,16 @@ def test_report_copy_ed_baseline_and_table(monkeypatch: pytest.MonkeyPatch) -> N
     assert "Whole heart" in table and "copy_ed" in table and "-" in table  # Myo, RV not annotated: '-'
 
 
-
 def test_hd95_3d_keeps_the_gap_of_a_skipped_slice() -> None:
     """Truth on slice 0, prediction on slices 0 and 2 (10 mm apart), slice 1 not scored: the prediction's extra slice
     lies 20 mm from the truth. Stacking only the scored slices made it 10 mm."""
     pred, truth = np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 4), np.uint8)
     truth[2:6, 2:6, 0] = 3
     pred[2:6, 2:6, [0, 2]] = 3
-    row = next(r for r in score_phase(pred, truth, {3: [0, 2]}, (1.0, 1.0, 10.0))
-               if r["class"] == "LV" and r["region"] == "whole")
+    row = next(
+        r
+        for r in score_phase(pred, truth, {3: [0, 2]}, (1.0, 1.0, 10.0))
+        if r["class"] == "LV" and r["region"] == "whole"
+    )
     assert row["hd95_3d"] == pytest.approx(20.0)
     assert dice_hd95(pred[..., [0, 2]] == 3, truth[..., [0, 2]] == 3, (1.0, 1.0, 10.0))[1] == pytest.approx(10.0)

@@ -14,9 +14,14 @@ from helpers import CONFIGS, EVALUATE
 from scripts.errors import CSTMInputError, find_input_error
 from scripts.options import OPTIONS, convert
 
-CONFIG_SETS = {"inference": ["inference.json"], "evaluate": EVALUATE, "training": ["train.json"],
-               "training_real": ["train.json", "train_real.json"], "training_acdc": ["train.json", "train_acdc.json"],
-               "training_static": ["train.json", "train_acdc.json", "pretrain_static.json"]}
+CONFIG_SETS = {
+    "inference": ["inference.json"],
+    "evaluate": EVALUATE,
+    "training": ["train.json"],
+    "training_real": ["train.json", "train_real.json"],
+    "training_acdc": ["train.json", "train_acdc.json"],
+    "training_static": ["train.json", "train_acdc.json", "pretrain_static.json"],
+}
 
 
 def _options_of(files: list[str]) -> dict:
@@ -31,7 +36,7 @@ def _run_options(files: list[str], *flags: str, monkeypatch: pytest.MonkeyPatch)
     built = []
     real = scripts.options.typed_options
     monkeypatch.setattr(scripts.options, "typed_options", lambda **kw: built.append(real(**kw)) or built[-1])
-    config_file = "[" + ",".join(f"'{CONFIGS / f}'" for f in files) + "]"
+    config_file = "[" + ",".join(repr(str(CONFIGS / f)) for f in files) + "]"
     fire.Fire(monai.bundle.scripts.run, command=["options", "--config_file", config_file, *flags])
     return built[-1]
 
@@ -48,8 +53,17 @@ def test_boolean_flags_through_the_bundle_runner_both_ways(name: str, monkeypatc
     files = CONFIG_SETS[name]
     flags = [k for k in _options_of(files) if OPTIONS[k].kind == "bool"]
     assert flags
-    for spelling, value in (("true", True), ("false", False), ("True", True), ("False", False), ("1", True),
-                            ("0", False), ("FALSE", False), ("yes", True), ("off", False)):
+    for spelling, value in (
+        ("true", True),
+        ("false", False),
+        ("True", True),
+        ("False", False),
+        ("1", True),
+        ("0", False),
+        ("FALSE", False),
+        ("yes", True),
+        ("off", False),
+    ):
         args = [a for flag in flags for a in (f"--{flag}", spelling)]
         built = _run_options(files, *args, monkeypatch=monkeypatch)
         assert {flag: getattr(built, flag) for flag in flags} == {flag: value for flag in flags}, spelling
@@ -57,10 +71,27 @@ def test_boolean_flags_through_the_bundle_runner_both_ways(name: str, monkeypatc
 
 
 def test_integer_float_and_choice_flags_through_the_bundle_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    built = _run_options(["train.json"], "--max_epochs", "7", "--learning_rate", "1e-4", "--variant", "Full",
-                         "--matching_strides", "[16]", "--grad_clip_norm", "null", monkeypatch=monkeypatch)
-    assert (built.max_epochs, built.learning_rate, built.variant, built.matching_strides, built.grad_clip_norm) == \
-        (7, 1e-4, "full", [16], None)
+    built = _run_options(
+        ["train.json"],
+        "--max_epochs",
+        "7",
+        "--learning_rate",
+        "1e-4",
+        "--variant",
+        "Full",
+        "--matching_strides",
+        "[16]",
+        "--grad_clip_norm",
+        "null",
+        monkeypatch=monkeypatch,
+    )
+    assert (built.max_epochs, built.learning_rate, built.variant, built.matching_strides, built.grad_clip_norm) == (
+        7,
+        1e-4,
+        "full",
+        [16],
+        None,
+    )
     built = _run_options(["inference.json"], "--max_batch=4", "--continuity", "spatial", monkeypatch=monkeypatch)
     assert (built.max_batch, built.continuity, built.variant, built.roi_size) == (4, "spatial", None, None)
     assert (built.on_error, built.skip_done) == ("continue", False)  # the defaults
@@ -68,28 +99,34 @@ def test_integer_float_and_choice_flags_through_the_bundle_runner(monkeypatch: p
     assert (built.on_error, built.skip_done) == ("stop", True)
 
 
-@pytest.mark.parametrize("flag, value, expected", [
-    ("overwrite", "maybe", "--overwrite: got 'maybe'; expected true or false."),
-    ("amp", "2", "--amp: got 2; expected true or false."),
-    ("max_batch", "0", "--max_batch: got 0; expected an integer >= 1."),
-    ("continuity", "diagonal", "--continuity: got 'diagonal'; expected one of both, spatial, temporal."),
-    ("max_batch", "many", "--max_batch: got 'many'; expected an integer >= 1."),
-    ("on_error", "skip", "--on_error: got 'skip'; expected one of continue, stop."),
-    ("skip_done", "done", "--skip_done: got 'done'; expected true or false."),
-])
-def test_bad_flags_are_refused_in_one_line(flag: str, value: str, expected: str,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("overwrite", "maybe", "--overwrite: got 'maybe'; expected true or false."),
+        ("amp", "2", "--amp: got 2; expected true or false."),
+        ("max_batch", "0", "--max_batch: got 0; expected an integer >= 1."),
+        ("continuity", "diagonal", "--continuity: got 'diagonal'; expected one of both, spatial, temporal."),
+        ("max_batch", "many", "--max_batch: got 'many'; expected an integer >= 1."),
+        ("on_error", "skip", "--on_error: got 'skip'; expected one of continue, stop."),
+        ("skip_done", "done", "--skip_done: got 'done'; expected true or false."),
+    ],
+)
+def test_bad_flags_are_refused_in_one_line(
+    flag: str, value: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(Exception) as raised:
         _run_options(["inference.json"], f"--{flag}", value, monkeypatch=monkeypatch)
     assert str(find_input_error(raised.value)) == expected
 
 
 def test_training_options_refuse_out_of_range_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    for flag, value, expected in (("num_val", "0", "--num_val: got 0; expected an integer >= 1."),
-                                  ("max_epochs", "0", "--max_epochs: got 0; expected an integer >= 1."),
-                                  ("flip_prob", "1.5", "--flip_prob: got 1.5; expected a number in [0, 1]."),
-                                  ("learning_rate", "0", "--learning_rate: got 0; expected a number > 0."),
-                                  ("resume", "ja", "--resume: got 'ja'; expected true or false.")):
+    for flag, value, expected in (
+        ("num_val", "0", "--num_val: got 0; expected an integer >= 1."),
+        ("max_epochs", "0", "--max_epochs: got 0; expected an integer >= 1."),
+        ("flip_prob", "1.5", "--flip_prob: got 1.5; expected a number in [0, 1]."),
+        ("learning_rate", "0", "--learning_rate: got 0; expected a number > 0."),
+        ("resume", "ja", "--resume: got 'ja'; expected true or false."),
+    ):
         with pytest.raises(Exception) as raised:
             _run_options(["train.json"], f"--{flag}", value, monkeypatch=monkeypatch)
         assert str(find_input_error(raised.value)) == expected
@@ -100,8 +137,15 @@ def test_convert_spellings() -> None:
     assert convert("max_epochs", 5.0) == 5 and convert("max_epochs", "12") == 12
     assert convert("roi_spacing", "0.9") == 0.9 and convert("roi_spacing", "None") is None
     assert convert("matching_strides", "16,8") == [16, 8] and convert("matching_strides", (8,)) == [8]
-    for name, value in (("overwrite", None), ("max_epochs", True), ("max_epochs", 2.5), ("roi_spacing", "nan"),
-                        ("matching_strides", [16, 16]), ("matching_strides", []), ("continuity", None)):
+    for name, value in (
+        ("overwrite", None),
+        ("max_epochs", True),
+        ("max_epochs", 2.5),
+        ("roi_spacing", "nan"),
+        ("matching_strides", [16, 16]),
+        ("matching_strides", []),
+        ("continuity", None),
+    ):
         with pytest.raises(CSTMInputError, match=f"--{name}: got"):
             convert(name, value)
 

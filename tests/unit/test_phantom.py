@@ -37,7 +37,7 @@ def _thickness(label: np.ndarray) -> float:
 
 def test_deterministic_by_seed(studies):
     again = make_phantom_study(0)
-    for a, b in zip(again, studies[0]):
+    for a, b in zip(again, studies[0], strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(studies[0].image, studies[1].image)
     assert not np.array_equal(studies[0].label, studies[1].label)
@@ -108,8 +108,10 @@ def test_bright_distractors_outside_heart(studies, seed):
 
 def test_copy_ed_baseline_is_clearly_wrong(studies):
     names = {3: "LV", 2: "Myo", 1: "RV"}
-    dice = {name: np.mean([_dice(s.label[..., s.ed] == c, s.label[..., s.es] == c) for s in studies.values()])
-            for c, name in names.items()}
+    dice = {
+        name: np.mean([_dice(s.label[..., s.ed] == c, s.label[..., s.es] == c) for s in studies.values()])
+        for c, name in names.items()
+    }
     print("copy-ED Dice (ED label vs ES label, seeds 0-3): " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
     assert np.mean(list(dice.values())) < 0.80
     assert dice["LV"] < 0.90
@@ -142,8 +144,13 @@ def test_write_round_trip_and_overwrite(tmp_path):
 
 def test_cli(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "scripts.data.phantom", str(out), "--num_studies", "1"],
-                            cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.data.phantom", str(out), "--num_studies", "1"],
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "phantom_000" / "image.nii.gz").is_file()
     assert json.loads((out / "datalist.json").read_text()) == {"studies": ["phantom_000"]}

@@ -7,15 +7,13 @@ from itertools import groupby
 import pytest
 import torch
 
+from helpers import TINY_CSTM
 from scripts.inferers import propagation
 from scripts.inferers.memory import MemoryBank
 from scripts.inferers.propagation import Propagation4DInferer, crop_padding, pad_to_multiple, propagate_4d
 from scripts.inferers.schedule import dependency_levels, plan_propagation
 from scripts.networks.cstm import CSTM
 from scripts.networks.matching import dense_readout
-from helpers import TINY_CSTM
-
-
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +24,15 @@ def net() -> CSTM:
 
 def blocky_annotation(h: int, w: int) -> torch.Tensor:
     ann = torch.zeros(h, w, dtype=torch.long)
-    ann[h // 5: 4 * h // 5, w // 6: w // 2] = 1
-    ann[h // 4: 3 * h // 4, w // 2: 5 * w // 6] = 2
-    ann[h // 3: 2 * h // 3, 7 * w // 12: 3 * w // 4] = 3
+    ann[h // 5 : 4 * h // 5, w // 6 : w // 2] = 1
+    ann[h // 4 : 3 * h // 4, w // 2 : 5 * w // 6] = 2
+    ann[h // 3 : 2 * h // 3, 7 * w // 12 : 3 * w // 4] = 3
     return ann
 
 
-@pytest.mark.parametrize("shape, multiple", [((50, 70), 48), ((2, 3, 1, 1), 48), ((3, 47, 97), 16), ((96, 144), 48),
-                                             ((2, 49, 95), 48)])
+@pytest.mark.parametrize(
+    "shape, multiple", [((50, 70), 48), ((2, 3, 1, 1), 48), ((3, 47, 97), 16), ((96, 144), 48), ((2, 49, 95), 48)]
+)
 def test_pad_and_crop_round_trip(shape: tuple[int, ...], multiple: int) -> None:
     x = torch.rand(shape) + 1  # no zeros inside, so the padding is visible
     padded, pad = pad_to_multiple(x, multiple)
@@ -44,7 +43,7 @@ def test_pad_and_crop_round_trip(shape: tuple[int, ...], multiple: int) -> None:
     left, right, top, bottom = pad
     assert 0 <= right - left <= 1 and 0 <= bottom - top <= 1  # symmetric, odd remainder on the far side
     assert padded.eq(0).sum() == padded.numel() - x.numel()  # zeros are exactly the padding
-    assert torch.equal(padded[..., top: top + h, left: left + w], x)
+    assert torch.equal(padded[..., top : top + h, left : left + w], x)
     assert torch.equal(crop_padding(padded, pad), x)
 
 
@@ -54,8 +53,9 @@ def test_inferer_output_contract(net: CSTM) -> None:
     image = torch.rand(1, 1, h, w, z, t)
     annotation = blocky_annotation(h, w)[None]
     inferer = Propagation4DInferer(roi_size=None, max_batch=8)
-    labels = inferer(image, net, annotation=annotation, annotation_slice=torch.tensor([1]),
-                     annotation_phase=torch.tensor([2]))
+    labels = inferer(
+        image, net, annotation=annotation, annotation_slice=torch.tensor([1]), annotation_phase=torch.tensor([2])
+    )
     assert labels.shape == (1, 1, h, w, z, t) and labels.dtype == torch.uint8
     assert torch.equal(labels[0, 0, :, :, 1, 2], annotation[0].to(torch.uint8))
     assert int(labels.max()) < 4
@@ -67,8 +67,14 @@ def test_inferer_with_roi_keeps_the_input_grid(net: CSTM) -> None:
     image = torch.rand(1, 1, h, w, z, t)
     annotation = blocky_annotation(h, w)[None]
     inferer = Propagation4DInferer(roi_size=96, spacing=0.5, max_batch=8)
-    labels = inferer(image, net, annotation=annotation, annotation_slice=0, annotation_phase=1,
-                     image_spacing=torch.tensor([[1.0, 1.0]]))
+    labels = inferer(
+        image,
+        net,
+        annotation=annotation,
+        annotation_slice=0,
+        annotation_phase=1,
+        image_spacing=torch.tensor([[1.0, 1.0]]),
+    )
     assert labels.shape == (1, 1, h, w, z, t) and labels.dtype == torch.uint8
     assert torch.equal(labels[0, 0, :, :, 0, 1], annotation[0].to(torch.uint8))
     assert int(labels.max()) < 4
@@ -77,17 +83,25 @@ def test_inferer_with_roi_keeps_the_input_grid(net: CSTM) -> None:
 def test_inferer_rejects_bad_input(net: CSTM) -> None:
     inferer = Propagation4DInferer(roi_size=None)
     with pytest.raises(ValueError, match=r"\(B, 1, H, W, Z, T\)"):
-        inferer(torch.rand(1, 50, 70, 3, 4), net, annotation=torch.zeros(1, 50, 70), annotation_slice=0,
-                annotation_phase=0)
+        inferer(
+            torch.rand(1, 50, 70, 3, 4), net, annotation=torch.zeros(1, 50, 70), annotation_slice=0, annotation_phase=0
+        )
     with pytest.raises(ValueError, match="image_spacing"):
-        Propagation4DInferer(roi_size=96)(torch.rand(1, 1, 50, 70, 3, 4), net, annotation=torch.zeros(1, 50, 70),
-                                          annotation_slice=0, annotation_phase=0)
+        Propagation4DInferer(roi_size=96)(
+            torch.rand(1, 1, 50, 70, 3, 4),
+            net,
+            annotation=torch.zeros(1, 50, 70),
+            annotation_slice=0,
+            annotation_phase=0,
+        )
 
 
 def _frame_tensors(frames: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
     """Dummy keys/values whose every entry is the frame's id 10 z + t (4 tensors, (B, C, h, w), different sizes)."""
     ids = torch.tensor([10.0 * z + t for z, t in frames])
-    return tuple(ids[:, None, None, None].expand(len(frames), c, s, s).clone() for c, s in ((3, 2), (3, 4), (5, 2), (2, 4)))
+    return tuple(
+        ids[:, None, None, None].expand(len(frames), c, s, s).clone() for c, s in ((3, 2), (3, 4), (5, 2), (2, 4))
+    )
 
 
 @pytest.mark.parametrize("continuity", ["both", "spatial", "temporal"])

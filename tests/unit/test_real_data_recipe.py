@@ -44,8 +44,11 @@ def test_every_patient_is_in_one_split_with_all_its_studies() -> None:
 def test_split_is_stratified_by_group() -> None:
     split = _split()
     for group in ("HCM", "MINF", "NOR", "RV"):
-        counts = {name: len({s["patient"] for s in split[name] if s["group"] == group}) for name in split
-                  if name != "description"}
+        counts = {
+            name: len({s["patient"] for s in split[name] if s["group"] == group})
+            for name in split
+            if name != "description"
+        }
         assert counts == {"training": 8, "validation": 3, "test": 4}, (group, counts)
 
 
@@ -70,8 +73,9 @@ def test_load_split_weights_datasets_not_studies() -> None:
 def test_load_split_refuses_unknown_split_and_missing_studies(tmp_path: Path) -> None:
     with pytest.raises(CSTMInputError, match="has no split 'train'"):
         load_split(SPLIT_FILE, "train", tmp_path)
-    (tmp_path / "split.json").write_text(json.dumps({"training": [{"study_dir": "acdc_cine/patient999",
-                                                                   "dataset": "acdc_cine"}]}))
+    (tmp_path / "split.json").write_text(
+        json.dumps({"training": [{"study_dir": "acdc_cine/patient999", "dataset": "acdc_cine"}]})
+    )
     with pytest.raises(CSTMInputError, match="patient999.*study of split 'training' not found"):
         load_split(tmp_path / "split.json", "training", tmp_path)
 
@@ -88,8 +92,9 @@ def test_static_samples_repeat_one_labelled_frame() -> None:
     sampler.set_random_state(0)
     seen = set()
     for sample in sampler(_study()):
-        assert torch.equal(sample["frames"][0], sample["frames"][1]) and torch.equal(sample["frames"][0],
-                                                                                     sample["frames"][2])
+        assert torch.equal(sample["frames"][0], sample["frames"][1]) and torch.equal(
+            sample["frames"][0], sample["frames"][2]
+        )
         seen.add(float(sample["frames"][0, 0, 0]))
     assert len(seen) > 3  # drawn from different frames
     moving = RandTripletd(num_samples=20, static_prob=0.0)

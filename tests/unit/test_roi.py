@@ -36,7 +36,7 @@ def test_paste_labels_round_trip(box: Box) -> None:
     roi = crop_resize(labels[:, None], box, 96, "nearest")[:, 0]
     back = paste_labels(roi, box, (64, 64), 4)
     inside = torch.zeros(64, 64, dtype=torch.bool)
-    inside[max(box.top, 0): box.top + box.height, max(box.left, 0): box.left + box.width] = True
+    inside[max(box.top, 0) : box.top + box.height, max(box.left, 0) : box.left + box.width] = True
     assert back[0][~inside].eq(0).all()  # background outside the ROI
     agreement = (back[0][inside] == labels[0][inside]).float().mean()
     assert agreement > 0.98
@@ -65,8 +65,11 @@ class OracleNetwork(torch.nn.Module):
         return 10.0 * F.one_hot(classes, 4).movedim(3, 1).float()
 
 
-@pytest.mark.parametrize("pixel_mm, min_dice", [(1.2, 1.0), (1.4, 0.94), (0.6, 0.95)],
-                         ids=["roi_same_scale", "roi_upsampled", "roi_downsampled"])
+@pytest.mark.parametrize(
+    "pixel_mm, min_dice",
+    [(1.2, 1.0), (1.4, 0.94), (0.6, 0.95)],
+    ids=["roi_same_scale", "roi_upsampled", "roi_downsampled"],
+)
 def test_oracle_through_the_roi_path_recovers_the_labels(pixel_mm: float, min_dice: float) -> None:
     """At the ROI's own scale the path is exact; resampled twice (crop, then paste), the rings of 4-6 pixels keep
     Dice 0.948 (1.4 mm) and 0.958 (0.6 mm) as measured, a misplaced or flipped box would fall far below."""
@@ -80,8 +83,14 @@ def test_oracle_through_the_roi_path_recovers_the_labels(pixel_mm: float, min_di
         labels[..., t] = frame[..., None].to(torch.uint8)
     image = INTENSITY[labels.long()]
     inferer = Propagation4DInferer(roi_size=96, spacing=1.2)
-    out = inferer(image[None, None], OracleNetwork(), annotation=labels[None, :, :, 1, 0], annotation_slice=1,
-                  annotation_phase=0, image_spacing=torch.tensor([[pixel_mm, pixel_mm]]))[0, 0]
+    out = inferer(
+        image[None, None],
+        OracleNetwork(),
+        annotation=labels[None, :, :, 1, 0],
+        annotation_slice=1,
+        annotation_phase=0,
+        image_spacing=torch.tensor([[pixel_mm, pixel_mm]]),
+    )[0, 0]
     assert out.shape == labels.shape
     for c in (1, 2, 3):
         p, t = out == c, labels == c

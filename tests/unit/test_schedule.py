@@ -13,8 +13,9 @@ def _dedupe(*frames: Frame) -> tuple[Frame, ...]:
     return tuple(dict.fromkeys(frames))
 
 
-def expected_plan(z_count: int, t_count: int, annotated: Frame, base_first: bool = True,
-                  temporal_apex: bool = True) -> Plan:
+def expected_plan(
+    z_count: int, t_count: int, annotated: Frame, base_first: bool = True, temporal_apex: bool = True
+) -> Plan:
     """Paper rules with memory sizes 2 ("both"; "spatial" without the apex's temporal frame)."""
     z_a, t_a = annotated
     regions = slice_regions(z_count, base_first)
@@ -137,8 +138,9 @@ def test_temporal_goes_along_z_then_along_t_in_every_slice(annotated: Frame) -> 
     assert_executable(plan, annotated)
 
 
-@pytest.mark.parametrize("continuity, annotated", [("both", (3, 0)), ("both", (0, 4)), ("spatial", (2, 1)),
-                                                   ("temporal", (5, 2))])
+@pytest.mark.parametrize(
+    "continuity, annotated", [("both", (3, 0)), ("both", (0, 4)), ("spatial", (2, 1)), ("temporal", (5, 2))]
+)
 def test_dependency_levels(continuity: str, annotated: Frame) -> None:
     plan = plan_propagation(7, 5, annotated, continuity, base_first=False)
     levels = dependency_levels(plan, annotated)
@@ -159,22 +161,32 @@ def test_dependency_levels_batch_the_phases() -> None:
     assert levels == [[(1, 1), (2, 0), (0, 0)], [(1, 2), (2, 1), (0, 1)], [(1, 3), (2, 2), (0, 2)], [(2, 3), (0, 3)]]
 
 
-@pytest.mark.parametrize("z_count, base_first, expected", [
-    (9, True, ["basal"] * 3 + ["middle"] * 3 + ["apex"] * 3),
-    (9, False, ["apex"] * 3 + ["middle"] * 3 + ["basal"] * 3),
-    (7, True, ["basal"] * 3 + ["middle"] * 2 + ["apex"] * 2),
-    (1, True, ["basal"]),
-    (1, False, ["basal"]),
-    (2, True, ["basal", "middle"]),
-])
+@pytest.mark.parametrize(
+    "z_count, base_first, expected",
+    [
+        (9, True, ["basal"] * 3 + ["middle"] * 3 + ["apex"] * 3),
+        (9, False, ["apex"] * 3 + ["middle"] * 3 + ["basal"] * 3),
+        (7, True, ["basal"] * 3 + ["middle"] * 2 + ["apex"] * 2),
+        (1, True, ["basal"]),
+        (1, False, ["basal"]),
+        (2, True, ["basal", "middle"]),
+    ],
+)
 def test_slice_regions(z_count: int, base_first: bool, expected: list[str]) -> None:
     assert slice_regions(z_count, base_first) == expected
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"annotated": (7, 0)}, {"annotated": (-1, 0)}, {"annotated": (0, 5)},
-    {"time_memory_size": 0}, {"slice_memory_size": 0}, {"continuity": "diagonal"},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"annotated": (7, 0)},
+        {"annotated": (-1, 0)},
+        {"annotated": (0, 5)},
+        {"time_memory_size": 0},
+        {"slice_memory_size": 0},
+        {"continuity": "diagonal"},
+    ],
+)
 def test_invalid_arguments_are_rejected(kwargs: dict) -> None:
     args = {"num_slices": 7, "num_phases": 5, "annotated": (3, 0), **kwargs}
     with pytest.raises(ValueError):
@@ -183,7 +195,7 @@ def test_invalid_arguments_are_rejected(kwargs: dict) -> None:
 
 def _recent(anchor: Frame, previous: list[Frame], size: int) -> tuple[Frame, ...]:
     """Reference of the memory rule: anchor + the size - 1 most recent frames (without the anchor)."""
-    kept = previous[max(0, len(previous) - (size - 1)):] if size > 1 else []
+    kept = previous[max(0, len(previous) - (size - 1)) :] if size > 1 else []
     return (anchor, *[f for f in kept if f != anchor])
 
 

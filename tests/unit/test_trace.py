@@ -33,7 +33,10 @@ class FrameIdNetwork(nn.Module):
             return divmod(int(round(code)), 100)
 
         served = memory.value16[:, 0, :, 0, 0].tolist()  # (B, T) ids of the memory frames
-        self.reads += [(frame(q), tuple(frame(m) for m in row)) for q, row in zip(query.key16.flatten().tolist(), served)]
+        self.reads += [
+            (frame(q), tuple(frame(m) for m in row))
+            for q, row in zip(query.key16.flatten().tolist(), served, strict=True)
+        ]
         return query.feat4.new_zeros(query.feat4.shape[0], self.num_classes, *query.feat4.shape[-2:])
 
 

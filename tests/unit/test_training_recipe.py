@@ -17,8 +17,15 @@ from scipy.ndimage import distance_transform_edt
 from torch.utils.data import WeightedRandomSampler
 
 from helpers import TINY_CSTM
-from scripts.data import (UNLABELLED, LoadStudyd, RandTripletd, list_studies, mix_datalists, sample_weights,
-                          write_phantom_studies)
+from scripts.data import (
+    UNLABELLED,
+    LoadStudyd,
+    RandTripletd,
+    list_studies,
+    mix_datalists,
+    sample_weights,
+    write_phantom_studies,
+)
 from scripts.engines import BootstrappedCE, CSTMTrainer, TripletStep, attach_early_stop, load_initial_weights
 from scripts.errors import CSTMInputError
 from scripts.metrics import PhaseClassDice
@@ -42,9 +49,13 @@ def lv_only_at_es(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nd
 
 
 def load(study: Path, margin: float = 20.0) -> dict:
-    return Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image", channel_dim="no_channel"),
-                    LoadStudyd("image", with_labels=True, partial_margin_mm=margin)])(
-        {"image": str(study / "image.nii.gz"), "study_dir": str(study)})
+    return Compose(
+        [
+            LoadImaged("image", image_only=True),
+            EnsureChannelFirstd("image", channel_dim="no_channel"),
+            LoadStudyd("image", with_labels=True, partial_margin_mm=margin),
+        ]
+    )({"image": str(study / "image.nii.gz"), "study_dir": str(study)})
 
 
 def test_missing_class_becomes_unlabelled_near_the_drawn_structures(lv_only_at_es: tuple) -> None:
@@ -144,24 +155,38 @@ def test_gradient_clipping_bounds_the_update() -> None:
     torch.manual_seed(0)
     network = CSTM(**TINY_CSTM)
     before = [p.detach().clone() for p in network.parameters()]
-    trainer = CSTMTrainer(device="cpu", max_epochs=1, train_data_loader=[{}], network=TripletStep(network),
-                          optimizer=torch.optim.SGD(network.parameters(), lr=1.0),
-                          loss_function=BootstrappedCE(0, 0, 1.0), grad_clip_norm=1e-3)
+    trainer = CSTMTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[{}],
+        network=TripletStep(network),
+        optimizer=torch.optim.SGD(network.parameters(), lr=1.0),
+        loss_function=BootstrappedCE(0, 0, 1.0),
+        grad_clip_norm=1e-3,
+    )
     batch = {"frames": torch.rand(1, 3, 96, 96), "masks": torch.randint(0, 4, (1, 3, 96, 96))}
     trainer._iteration(trainer, batch)
-    step = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(network.parameters(), before)))
+    step = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(network.parameters(), before, strict=True)))
     assert 0 < float(step) <= 1e-3 * 1.0001  # SGD with lr 1 moves by the clipped gradient
     with pytest.raises(ValueError, match="grad_clip_norm"):
-        CSTMTrainer(device="cpu", max_epochs=1, train_data_loader=[{}], network=TripletStep(network),
-                    optimizer=torch.optim.SGD(network.parameters(), lr=1.0), loss_function=BootstrappedCE(0, 0, 1.0),
-                    grad_clip_norm=-1)
+        CSTMTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=[{}],
+            network=TripletStep(network),
+            optimizer=torch.optim.SGD(network.parameters(), lr=1.0),
+            loss_function=BootstrappedCE(0, 0, 1.0),
+            grad_clip_norm=-1,
+        )
 
 
 def test_initial_weights_load_or_fail_naming_the_file(tmp_path: Path) -> None:
     source, target, trainer = CSTM(**TINY_CSTM), CSTM(**TINY_CSTM), Engine(lambda e, b: None)
     torch.save(source.state_dict(), tmp_path / "init.pt")
     load_initial_weights(target, tmp_path / "init.pt", trainer)
-    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True)
+    )
     load_initial_weights(target, None, trainer)  # no checkpoint: nothing happens
     torch.save({"other.weight": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CSTMInputError, match=r"other\.pt: does not fit the network"):

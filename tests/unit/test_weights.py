@@ -13,8 +13,16 @@ from monai.bundle import ConfigParser
 from helpers import BUNDLE, CONFIGS, EVALUATE, TINY_CSTM
 from scripts.engines import ResumableCheckpoint, check_run_folder, load_initial_weights, propagate_triplet
 from scripts.errors import CSTMInputError, check_overrides
-from scripts.networks import (CSTM, build_cstm, build_cstm_from_checkpoint, read_checkpoint, recorded_roi, save_weights,
-                              state_dict_of, weights_record)
+from scripts.networks import (
+    CSTM,
+    build_cstm,
+    build_cstm_from_checkpoint,
+    read_checkpoint,
+    recorded_roi,
+    save_weights,
+    state_dict_of,
+    weights_record,
+)
 
 MODELS = BUNDLE / "models"
 
@@ -25,9 +33,14 @@ def _parser(files: list[str], **overrides: object) -> ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("name, mode, recipe", [("model.pt", "plm", "train_real.json"),
-                                                ("model_dense.pt", "dense", "train_real.json"),
-                                                ("model_phantom.pt", "plm", "train.json")])
+@pytest.mark.parametrize(
+    "name, mode, recipe",
+    [
+        ("model.pt", "plm", "train_real.json"),
+        ("model_dense.pt", "dense", "train_real.json"),
+        ("model_phantom.pt", "plm", "train.json"),
+    ],
+)
 def test_shipped_weights_record_how_they_were_trained(name: str, mode: str, recipe: str) -> None:
     state = read_checkpoint(MODELS / name)
     assert state["variant"] == "small" and state["network"]["matching_mode"] == mode
@@ -45,8 +58,9 @@ def test_inference_config_builds_the_network_its_checkpoint_records() -> None:
     # what MONAI Label and the Model Zoo do: network_def, then the "model" entry of models/model.pt
     plm.load_state_dict(torch.load(MODELS / "model.pt", map_location="cpu", weights_only=True)["model"])
     with pytest.raises(Exception) as raised:
-        _parser(["inference.json"], checkpoint=str(MODELS / "model_dense.pt"),
-                matching_mode="plm").get_parsed_content("network_def")
+        _parser(["inference.json"], checkpoint=str(MODELS / "model_dense.pt"), matching_mode="plm").get_parsed_content(
+            "network_def"
+        )
     assert "was trained with matching_mode 'dense', not --matching_mode 'plm'" in str(raised.value.__cause__)
 
 
@@ -83,8 +97,9 @@ def test_fine_tuning_refuses_weights_trained_with_other_matching(tmp_path: Path)
     save_weights(dense, tmp_path / "model.pt")
     with pytest.raises(CSTMInputError, match="was trained with matching_mode 'dense', the network here has 'plm'"):
         load_initial_weights(build_cstm("small", **TINY_CSTM), tmp_path / "model.pt", Engine(lambda e, b: None))
-    load_initial_weights(build_cstm("small", **TINY_CSTM, matching_mode="dense"), tmp_path / "model.pt",
-                         Engine(lambda e, b: None))
+    load_initial_weights(
+        build_cstm("small", **TINY_CSTM, matching_mode="dense"), tmp_path / "model.pt", Engine(lambda e, b: None)
+    )
 
 
 @pytest.mark.parametrize("strides", [[16, 8], [16], [8]])
@@ -123,8 +138,9 @@ def _train(folder: Path, max_epochs: int, resume: bool, out_features: int = 1) -
 
     trainer, evaluator = Engine(step), Engine(lambda e, b: None)
     evaluator.state.best_metric, evaluator.state.best_metric_epoch = (-1.0, -1) if resume else (0.5, 1)
-    ResumableCheckpoint(folder, {"model": model, "optimizer": optimizer, "trainer": trainer}, evaluator,
-                        resume=resume).attach(trainer)
+    ResumableCheckpoint(
+        folder, {"model": model, "optimizer": optimizer, "trainer": trainer}, evaluator, resume=resume
+    ).attach(trainer)
     trainer.run([0, 1], max_epochs=max_epochs)
     return trainer, evaluator
 

@@ -80,9 +80,15 @@ class StudyBatch:
         skip_done: pass over a study whose outputs (every file of ``writers``) all exist, with a log line.
     """
 
-    def __init__(self, studies: Sequence[Mapping[str, Any]], dataset_dir: str | os.PathLike,
-                 transform: Callable[[Any], Any], writers: Iterable[Any] = (),
-                 on_error: Literal["continue", "stop"] = "continue", skip_done: bool = False):
+    def __init__(
+        self,
+        studies: Sequence[Mapping[str, Any]],
+        dataset_dir: str | os.PathLike,
+        transform: Callable[[Any], Any],
+        writers: Iterable[Any] = (),
+        on_error: Literal["continue", "stop"] = "continue",
+        skip_done: bool = False,
+    ):
         if on_error not in ("continue", "stop"):
             raise ValueError(f"on_error must be 'continue' or 'stop', got {on_error!r}.")
         self.studies = [dict(s) for s in studies]
@@ -122,8 +128,10 @@ class StudyBatch:
         todo = []
         for study in self.studies:
             if self.skip_done and self._finished(study["study"]):
-                logger.info(f"{study['study']}: skipped, done already (--skip_done true): "
-                            f"{self.output_files(study['study'])[0].parent}")
+                logger.info(
+                    f"{study['study']}: skipped, done already (--skip_done true): "
+                    f"{self.output_files(study['study'])[0].parent}"
+                )
                 self.done.append(study["study"])
                 continue
             try:
@@ -141,8 +149,10 @@ class StudyBatch:
         if self.skip_done and not self.output_files("any"):
             logger.warning("--skip_done: the postprocessing writes no per-study file, so no study counts as done")
         if bad:
-            logger.warning(f"{len(bad)} bad {'study' if len(bad) == 1 else 'studies'} listed above will not be "
-                           f"processed; {len(todo)} will (--on_error continue)")
+            logger.warning(
+                f"{len(bad)} bad {'study' if len(bad) == 1 else 'studies'} listed above will not be "
+                f"processed; {len(todo)} will (--on_error continue)"
+            )
         self.todo = todo
         if bad and not todo and not self.done:
             self._raise_failures()
@@ -152,8 +162,10 @@ class StudyBatch:
         files = self.output_files(study)
         missing = [p.name for p in files if not p.is_file()]
         if missing and len(missing) < len(files):
-            logger.warning(f"{study}: not done, {len(files) - len(missing)} of its {len(files)} outputs exist (missing "
-                           f"{', '.join(missing)}); it is redone only with --overwrite true")
+            logger.warning(
+                f"{study}: not done, {len(files) - len(missing)} of its {len(files)} outputs exist (missing "
+                f"{', '.join(missing)}); it is redone only with --overwrite true"
+            )
         return bool(files) and not missing
 
     def _record(self, study_dir: str, error: BaseException) -> None:
@@ -171,7 +183,11 @@ class StudyBatch:
                 raise
             logger.error(f"study {study['study_dir']} failed: {describe(e, study['study_dir'])}")
             self._record(study["study_dir"], e)  # in this process (num_workers 0); run_study records the marker too
-            return {"study": study["study"], "study_dir": study["study_dir"], FAILED_KEY: describe(e, study["study_dir"])}
+            return {
+                "study": study["study"],
+                "study_dir": study["study_dir"],
+                FAILED_KEY: describe(e, study["study_dir"]),
+            }
 
     def run_study(self, engine: Any, batch: Any) -> Any:
         """The evaluator's iteration (its ``iteration_update``): MONAI's own ``_iteration`` (inference and
@@ -193,8 +209,9 @@ class StudyBatch:
         except Exception as e:
             if self.on_error == "stop":
                 raise
-            logger.error(f"study {folder} failed: {describe(e, folder)}",
-                         exc_info=None if find_input_error(e) else e)  # a bug: its traceback is the report
+            logger.error(
+                f"study {folder} failed: {describe(e, folder)}", exc_info=None if find_input_error(e) else e
+            )  # a bug: its traceback is the report
             self._record(folder, e)
             return None
 
@@ -211,8 +228,10 @@ class StudyBatch:
         else:
             logger.info("no study left to process")
         processed = [s["study"] for s in todo if s["study_dir"] not in self.failed]
-        logger.info(f"batch of {self._total()} studies in {self.dataset_dir}: {len(processed)} processed, "
-                    f"{len(self.done)} skipped as done, {len(self.failed)} failed")
+        logger.info(
+            f"batch of {self._total()} studies in {self.dataset_dir}: {len(processed)} processed, "
+            f"{len(self.done)} skipped as done, {len(self.failed)} failed"
+        )
         for folder, problem in sorted(self.failed.items()):
             logger.error(f"failed: {folder}: {problem}")
         self._raise_failures()
@@ -227,8 +246,11 @@ class StudyBatch:
             raise CSTMInputError(folder, problem.rstrip("."))
         names = sorted(Path(f).name for f in self.failed)
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        raise CSTMInputError(self.dataset_dir, f"{len(names)} of {self._total()} studies failed ({shown})",
-                             "every study to pass; each failure is listed above, the other studies were processed")
+        raise CSTMInputError(
+            self.dataset_dir,
+            f"{len(names)} of {self._total()} studies failed ({shown})",
+            "every study to pass; each failure is listed above, the other studies were processed",
+        )
 
     def _total(self) -> int:
         """The studies, and the folders that look like studies but are not (:func:`~.readers.skipped_folders`)."""

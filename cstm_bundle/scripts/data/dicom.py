@@ -22,7 +22,12 @@ from ..errors import CSTMInputError
 DICOM_DIR = "dicom"
 """A study folder's DICOM series, in place of ``image.nii.gz``."""
 
-_SAME = {"ImageOrientationPatient": "orientation", "Rows": "row count", "Columns": "column count", "PixelSpacing": "pixel spacing"}
+_SAME = {
+    "ImageOrientationPatient": "orientation",
+    "Rows": "row count",
+    "Columns": "column count",
+    "PixelSpacing": "pixel spacing",
+}
 _TOLERANCE_MM = 1e-3
 _SAME_PHASE_MS = 1e-3
 """Trigger times closer than this are one phase (two files of it at one position: a duplicate)."""
@@ -69,16 +74,25 @@ def _read_headers(folder: Path) -> list[tuple[Path, Any]]:
     image_classes = {_sop_class(ds) for _, ds in found}
     for path, ds in other:
         if _sop_class(ds) in image_classes:
-            raise CSTMInputError(path, "DICOM image without an image header (Rows, Columns): file cut short?",
-                                 "a complete image file, or no such file in the series folder")
+            raise CSTMInputError(
+                path,
+                "DICOM image without an image header (Rows, Columns): file cut short?",
+                "a complete image file, or no such file in the series folder",
+            )
     for path, ds in found:
         frames = ds.get("NumberOfFrames", 1)
         if int(frames or 1) > 1:
-            raise CSTMInputError(path, f"multi-frame DICOM image ({frames} frames in one file)",
-                                 "one 2D frame per file (export an enhanced multi-frame series as classic images)")
+            raise CSTMInputError(
+                path,
+                f"multi-frame DICOM image ({frames} frames in one file)",
+                "one 2D frame per file (export an enhanced multi-frame series as classic images)",
+            )
         if int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise CSTMInputError(path, f"{ds.SamplesPerPixel} samples per pixel "
-                                       f"({ds.get('PhotometricInterpretation', 'colour')})", "a greyscale MR image")
+            raise CSTMInputError(
+                path,
+                f"{ds.SamplesPerPixel} samples per pixel " f"({ds.get('PhotometricInterpretation', 'colour')})",
+                "a greyscale MR image",
+            )
     return found
 
 
@@ -93,15 +107,24 @@ def _check_one_acquisition(folder: Path, headers: list[tuple[Path, Any]]) -> Non
     for name, what in _SAME.items():
         values = {tuple(np.round(np.atleast_1d(np.asarray(_attribute(ds, name, p), float)), 4)) for p, ds in headers}
         if len(values) > 1:
-            series = sorted({str(getattr(ds, "SeriesDescription", ds.get("SeriesInstanceUID", "?"))) for _, ds in headers})
-            raise CSTMInputError(folder, f"mixed series: {len(values)} different {what}s among {len(headers)} "
-                                         f"images (series {', '.join(series)})", "the images of one cine acquisition")
+            series = sorted(
+                {str(getattr(ds, "SeriesDescription", ds.get("SeriesInstanceUID", "?"))) for _, ds in headers}
+            )
+            raise CSTMInputError(
+                folder,
+                f"mixed series: {len(values)} different {what}s among {len(headers)} "
+                f"images (series {', '.join(series)})",
+                "the images of one cine acquisition",
+            )
     timed = [p for p, ds in headers if "TriggerTime" in ds]
     if 0 < len(timed) < len(headers):
         untimed = next(p for p, ds in headers if "TriggerTime" not in ds)
-        raise CSTMInputError(untimed, f"DICOM image without TriggerTime, while {len(timed)} of the {len(headers)} "
-                                      "images of the folder have one", "TriggerTime on every image (or on none: "
-                                      "then InstanceNumber orders the phases)")
+        raise CSTMInputError(
+            untimed,
+            f"DICOM image without TriggerTime, while {len(timed)} of the {len(headers)} "
+            "images of the folder have one",
+            "TriggerTime on every image (or on none: " "then InstanceNumber orders the phases)",
+        )
 
 
 _ACQUISITION = ("SeriesInstanceUID", "AcquisitionNumber")
@@ -127,16 +150,23 @@ def _check_one_frame_each(folder: Path, position: float, frames: list[tuple[floa
         first.setdefault(_acquisition(ds), path)
     if len(first) > 1:
         (a, path_a), (b, path_b) = list(first.items())[:2]
-        differ = " and ".join(name for name, x, y in zip(_ACQUISITION, a, b) if x != y)
-        raise CSTMInputError(folder, f"{len(first)} acquisitions at slice position {position:.2f} mm "
-                                     f"({path_a.relative_to(folder)} and {path_b.relative_to(folder)} differ in {differ})",
-                             "one acquisition of each slice: move the repeat into a study folder of its own")
-    for (when_a, path_a, ds), (when_b, path_b, _) in zip(frames, frames[1:]):
+        differ = " and ".join(name for name, x, y in zip(_ACQUISITION, a, b, strict=True) if x != y)
+        raise CSTMInputError(
+            folder,
+            f"{len(first)} acquisitions at slice position {position:.2f} mm "
+            f"({path_a.relative_to(folder)} and {path_b.relative_to(folder)} differ in {differ})",
+            "one acquisition of each slice: move the repeat into a study folder of its own",
+        )
+    for (when_a, path_a, ds), (when_b, path_b, _) in zip(frames, frames[1:], strict=False):
         if abs(when_b - when_a) < _SAME_PHASE_MS:
             phase = f"trigger time {when_a:g} ms" if "TriggerTime" in ds else f"instance number {when_a:g}"
-            raise CSTMInputError(folder, f"duplicate frame: {path_a.relative_to(folder)} and "
-                                         f"{path_b.relative_to(folder)} have the same slice position ({position:.2f} mm)"
-                                         f" and {phase}", "one file per slice and phase")
+            raise CSTMInputError(
+                folder,
+                f"duplicate frame: {path_a.relative_to(folder)} and "
+                f"{path_b.relative_to(folder)} have the same slice position ({position:.2f} mm)"
+                f" and {phase}",
+                "one file per slice and phase",
+            )
 
 
 class CineSeries(NamedTuple):
@@ -151,7 +181,8 @@ def scan_cine_dicom(folder: str | os.PathLike) -> CineSeries:
     """Sort a cine series folder from its headers alone (no pixel data is read).
 
     Slices are ordered by their position along the slice normal (``ImagePositionPatient`` projected onto the cross
-    product of the column and row directions, so the voxel axes are right-handed in LPS), phases by ``TriggerTime`` (``InstanceNumber`` where absent).
+    product of the column and row directions, so the voxel axes are right-handed in LPS), phases by ``TriggerTime``
+    (``InstanceNumber`` where absent).
 
     Raises:
         CSTMInputError: naming the folder or file: no images; mixed series; a multi-frame, colour or cut-short file;
@@ -182,17 +213,23 @@ def scan_cine_dicom(folder: str | os.PathLike) -> CineSeries:
         _check_one_frame_each(folder, s, slices[s])
     counts = sorted({len(slices[s]) for s in positions})
     if len(counts) > 1:
-        raise CSTMInputError(folder, f"slices have different numbers of phases ({counts})",
-                             "every slice imaged at every phase")
+        raise CSTMInputError(
+            folder, f"slices have different numbers of phases ({counts})", "every slice imaged at every phase"
+        )
 
     gaps = np.diff(positions)
     if len(gaps) > 1 and np.ptp(gaps) > max(_GAP_TOLERANCE * np.median(gaps), 0.1):
-        raise CSTMInputError(folder, f"slice gaps are uneven ({', '.join(f'{g:.2f}' for g in gaps)} mm: a slice missing "
-                             "or a second stack?)", "evenly spaced slices: one affine cannot place uneven slices, and "
-                             "volumes and EF would be wrong")
+        raise CSTMInputError(
+            folder,
+            f"slice gaps are uneven ({', '.join(f'{g:.2f}' for g in gaps)} mm: a slice missing " "or a second stack?)",
+            "evenly spaced slices: one affine cannot place uneven slices, and " "volumes and EF would be wrong",
+        )
     row_spacing, col_spacing = (float(v) for v in ds0.PixelSpacing)
-    step = (positions[-1] - positions[0]) / (len(positions) - 1) if len(positions) > 1 else float(
-        ds0.get("SliceThickness", 1.0))
+    step = (
+        (positions[-1] - positions[0]) / (len(positions) - 1)
+        if len(positions) > 1
+        else float(ds0.get("SliceThickness", 1.0))
+    )
     lps = np.eye(4)
     lps[:3, 0] = col_dir * row_spacing  # down the rows (array axis 0)
     lps[:3, 1] = row_dir * col_spacing  # along a row (array axis 1)
@@ -225,8 +262,11 @@ def read_cine_dicom(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             except Exception as e:  # pydicom raises many types for damaged or undecodable pixel data
                 raise CSTMInputError(path, f"cannot read the DICOM pixel data ({e})", "a readable image") from e
             if pixels.shape != series.shape[:2]:
-                raise CSTMInputError(path, f"DICOM pixel data of shape {pixels.shape}",
-                                     f"one {series.shape[0]} x {series.shape[1]} greyscale frame")
+                raise CSTMInputError(
+                    path,
+                    f"DICOM pixel data of shape {pixels.shape}",
+                    f"one {series.shape[0]} x {series.shape[1]} greyscale frame",
+                )
             volume[:, :, z, t] = pixels * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
     return volume, series.affine
 
@@ -259,8 +299,13 @@ class CineDicomReader(ImageReader):
     def get_data(self, img: Path) -> tuple[np.ndarray, dict]:
         """Read the series folder ``img`` (:func:`read_cine_dicom`) into (H, W, Z, T) and its MONAI metadata."""
         volume, affine = read_cine_dicom(img)
-        meta = {MetaKeys.AFFINE: affine, MetaKeys.ORIGINAL_AFFINE: affine.copy(), MetaKeys.SPATIAL_SHAPE:
-                np.asarray(volume.shape[:3]), MetaKeys.SPACE: SpaceKeys.RAS, MetaKeys.ORIGINAL_CHANNEL_DIM: "no_channel"}
+        meta = {
+            MetaKeys.AFFINE: affine,
+            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape[:3]),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            MetaKeys.ORIGINAL_CHANNEL_DIM: "no_channel",
+        }
         return volume, meta
 
 

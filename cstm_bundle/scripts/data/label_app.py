@@ -55,31 +55,40 @@ class AnnotationChanneld(MapTransform):
         for key in self.key_iterator(d):
             image, source = d[key], _source(d, key)
             if image.ndim != 4:
-                raise CSTMInputError(source, f"image has shape {tuple(image.shape[1:])}",
-                                     "a single-slice cine (H, W, T) from MONAI Label (run 4D studies with "
-                                     "'monai.bundle run inference')")
+                raise CSTMInputError(
+                    source,
+                    f"image has shape {tuple(image.shape[1:])}",
+                    "a single-slice cine (H, W, T) from MONAI Label (run 4D studies with "
+                    "'monai.bundle run inference')",
+                )
             path = d.get(self.annotation_key)
             if not isinstance(path, (str, os.PathLike)) or not str(path):
-                raise CSTMInputError(source, f"the request has no annotation ({self.annotation_key!r})",
-                                     f"the annotated frame as a label file on the image grid in "
-                                     f"{self.annotation_key!r} (upload it as the request's label)")
+                raise CSTMInputError(
+                    source,
+                    f"the request has no annotation ({self.annotation_key!r})",
+                    f"the annotated frame as a label file on the image grid in "
+                    f"{self.annotation_key!r} (upload it as the request's label)",
+                )
             if not Path(path).is_file():
                 raise CSTMInputError(path, "annotation file not found", "a label file on the image grid")
             try:
                 label = self.loader(str(path))
             except Exception as e:  # MONAI's readers raise many types for unreadable files
-                raise CSTMInputError(path, f"annotation cannot be read ({type(e).__name__})",
-                                     "a NIfTI label file on the image grid") from e
+                raise CSTMInputError(
+                    path, f"annotation cannot be read ({type(e).__name__})", "a NIfTI label file on the image grid"
+                ) from e
             if tuple(label.shape) != tuple(image.shape[1:]):
-                raise CSTMInputError(path, f"annotation has shape {tuple(label.shape)}",
-                                     f"the image grid {tuple(image.shape[1:])}")
+                raise CSTMInputError(
+                    path, f"annotation has shape {tuple(label.shape)}", f"the image grid {tuple(image.shape[1:])}"
+                )
             if isinstance(image, MetaTensor) and not np.allclose(label.affine.numpy(), image.affine.numpy(), atol=1e-3):
                 raise CSTMInputError(path, "annotation affine differs from the image affine", "the image's grid")
             values = np.unique(label.numpy())  # float32 as MONAI loads it
             if not np.isin(values, LABEL_VALUES).all():
                 shown = [int(v) if float(v).is_integer() else float(v) for v in values]
-                raise CSTMInputError(path, f"annotation values {shown} outside {list(LABEL_VALUES)}",
-                                     "0 background, 1 RV, 2 Myo, 3 LV")
+                raise CSTMInputError(
+                    path, f"annotation values {shown} outside {list(LABEL_VALUES)}", "0 background, 1 RV, 2 Myo, 3 LV"
+                )
             if not (values > 0).any():
                 raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on one phase")
             d[key] = torch.cat([image, label.as_tensor()[None].to(image.dtype)])  # keeps the image's meta
@@ -98,7 +107,8 @@ class CineSliceLabeld(MapTransform):
         for key in self.key_iterator(d):
             x = d[key]
             if x.ndim != 5 or x.shape[3] != 1:
-                raise ValueError(f"expected the label map of a single-slice cine, (1, H, W, 1, T), "
-                                 f"got {tuple(x.shape)}.")
+                raise ValueError(
+                    f"expected the label map of a single-slice cine, (1, H, W, 1, T), " f"got {tuple(x.shape)}."
+                )
             d[key] = x[:, :, :, 0]
         return d

@@ -47,9 +47,12 @@ MNMS_TO_ACDC = np.array([0, 3, 2, 1], dtype=np.uint8)
 """M&Ms label value -> ours: LV 1 -> 3, Myo 2 -> 2, RV 3 -> 1."""
 
 
-def prepare_dataset(dataset_dir: str | os.PathLike, dataset_layout: str = "study",
-                    layout_dir: str | os.PathLike | None = None,
-                    info_csv: str | os.PathLike | None = None) -> str | list[str]:
+def prepare_dataset(
+    dataset_dir: str | os.PathLike,
+    dataset_layout: str = "study",
+    layout_dir: str | os.PathLike | None = None,
+    info_csv: str | os.PathLike | None = None,
+) -> str | list[str]:
     """The explicit conversion step of a training config: ``dataset_dir`` itself in the native layout, else the
     study folders that :func:`convert_layout` writes under ``layout_dir`` (only those: not the leftovers of an
     earlier conversion there). Either is what :func:`~.readers.list_studies` takes; a config references this once,
@@ -61,13 +64,20 @@ def prepare_dataset(dataset_dir: str | os.PathLike, dataset_layout: str = "study
     if dataset_layout == "study":
         return str(dataset_dir)
     if layout_dir is None:
-        raise CSTMInputError(f"dataset_layout={dataset_layout!r}", "no layout_dir to convert the studies into",
-                             "a writable folder (--layout_dir)")
+        raise CSTMInputError(
+            f"dataset_layout={dataset_layout!r}",
+            "no layout_dir to convert the studies into",
+            "a writable folder (--layout_dir)",
+        )
     return [str(p) for p in convert_layout(dataset_dir, dataset_layout, layout_dir, info_csv)]  # type: ignore[arg-type]
 
 
-def convert_layout(dataset_dir: str | os.PathLike, dataset_layout: Literal["acdc", "mnms", "datalist"],
-                   layout_dir: str | os.PathLike, info_csv: str | os.PathLike | None = None) -> list[Path]:
+def convert_layout(
+    dataset_dir: str | os.PathLike,
+    dataset_layout: Literal["acdc", "mnms", "datalist"],
+    layout_dir: str | os.PathLike,
+    info_csv: str | os.PathLike | None = None,
+) -> list[Path]:
     """Write the studies of a dataset in another layout as study folders ``<layout_dir>/<study>/``.
 
     Re-running replaces the files of each study (so an edited source is picked up); other folders are left alone,
@@ -91,8 +101,9 @@ def convert_layout(dataset_dir: str | os.PathLike, dataset_layout: Literal["acdc
     elif dataset_layout == "datalist":
         studies = _datalist_studies(src)
     else:
-        raise CSTMInputError(f"dataset_layout={dataset_layout!r}", "unknown dataset layout",
-                             f"one of {', '.join(LAYOUTS)}")
+        raise CSTMInputError(
+            f"dataset_layout={dataset_layout!r}", "unknown dataset layout", f"one of {', '.join(LAYOUTS)}"
+        )
     if not studies:
         raise CSTMInputError(src, f"no study found in the {dataset_layout} layout", "see scripts/data/layouts.py")
     for study in studies:
@@ -122,9 +133,11 @@ def _link(source: Path, target: Path) -> None:
     if not source.is_file():
         raise CSTMInputError(source, "file not found", "a NIfTI file of the dataset")
     if not source.name.endswith(".gz") and target.name.endswith(".gz"):
+
         def compress(tmp: str) -> None:
             with open(source, "rb") as src, gzip.open(tmp, "wb", compresslevel=1) as dst:
                 shutil.copyfileobj(src, dst, 1 << 24)
+
         target.unlink(missing_ok=True)
         write_atomic(target, compress)
         return
@@ -144,7 +157,9 @@ def read_acdc_cfg(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _acdc_studies(root: Path) -> list[dict[str, Any]]:
-    folders = [root] if (root / "Info.cfg").is_file() else sorted(p for p in root.iterdir() if (p / "Info.cfg").is_file())
+    folders = (
+        [root] if (root / "Info.cfg").is_file() else sorted(p for p in root.iterdir() if (p / "Info.cfg").is_file())
+    )
     studies = []
     for folder in folders:
         cfg_path, name = folder / "Info.cfg", folder.name
@@ -154,8 +169,11 @@ def _acdc_studies(root: Path) -> list[dict[str, Any]]:
             if not cfg.get(key, "").isdigit() or int(cfg[key]) < 1:
                 raise CSTMInputError(cfg_path, f"{key} is {cfg.get(key)!r}", f"'{key}: <1-based frame number>'")
             frames[key] = int(cfg[key])
-        study: dict[str, Any] = {"study": name, "image": folder / f"{name}_4d.nii.gz",
-                                 "info": {"ed": frames["ED"] - 1, "es": frames["ES"] - 1, "source": str(folder)}}
+        study: dict[str, Any] = {
+            "study": name,
+            "image": folder / f"{name}_4d.nii.gz",
+            "info": {"ed": frames["ED"] - 1, "es": frames["ES"] - 1, "source": str(folder)},
+        }
         for key, frame in frames.items():
             gt = folder / f"{name}_frame{frame:02d}_gt.nii.gz"
             if gt.is_file():
@@ -170,8 +188,11 @@ def _find_mnms_csv(root: Path) -> Path:
             with open(path, newline="") as f:
                 if "External code" in (csv.DictReader(f).fieldnames or []):
                     return path
-    raise CSTMInputError(root, "no M&Ms info CSV (with an 'External code' column) here or in the two parent folders",
-                         "the dataset's information CSV, or --info_csv PATH")
+    raise CSTMInputError(
+        root,
+        "no M&Ms info CSV (with an 'External code' column) here or in the two parent folders",
+        "the dataset's information CSV, or --info_csv PATH",
+    )
 
 
 def _mnms_studies(root: Path, info_csv: str | os.PathLike | None) -> list[dict[str, Any]]:
@@ -180,8 +201,9 @@ def _mnms_studies(root: Path, info_csv: str | os.PathLike | None) -> list[dict[s
         with open(csv_path, newline="") as f:
             rows = {row["External code"].strip(): row for row in csv.DictReader(f)}
     except (OSError, KeyError) as e:
-        raise CSTMInputError(csv_path, f"cannot be read as the M&Ms info CSV ({e})",
-                             "columns 'External code', 'ED', 'ES'") from e
+        raise CSTMInputError(
+            csv_path, f"cannot be read as the M&Ms info CSV ({e})", "columns 'External code', 'ED', 'ES'"
+        ) from e
     folders = sorted(p for p in root.iterdir() if (p / f"{p.name}_sa.nii.gz").is_file())
     studies = []
     for folder in folders:
@@ -194,18 +216,27 @@ def _mnms_studies(root: Path, info_csv: str | os.PathLike | None) -> list[dict[s
             if not value.isdigit():
                 raise CSTMInputError(csv_path, f"{code}: {key} is {value!r}", "a 0-based phase index")
             phases[key.lower()] = int(value)
-        study: dict[str, Any] = {"study": code, "image": folder / f"{code}_sa.nii.gz",
-                                 "info": {**phases, "source": str(folder)}}
+        study: dict[str, Any] = {
+            "study": code,
+            "image": folder / f"{code}_sa.nii.gz",
+            "info": {**phases, "source": str(folder)},
+        }
         gt_path = folder / f"{code}_sa_gt.nii.gz"
         if gt_path.is_file():
             gt = nib.load(str(gt_path))
             data = np.asarray(gt.dataobj)
             if data.ndim != 4 or max(phases.values()) >= data.shape[3]:
-                raise CSTMInputError(gt_path, f"label shape {data.shape} for ED={phases['ed']}, ES={phases['es']}",
-                                     "a 4D label (H, W, Z, T) labelled at ED and ES")
+                raise CSTMInputError(
+                    gt_path,
+                    f"label shape {data.shape} for ED={phases['ed']}, ES={phases['es']}",
+                    "a 4D label (H, W, Z, T) labelled at ED and ES",
+                )
             if not np.isin(np.unique(data), (0, 1, 2, 3)).all():
-                raise CSTMInputError(gt_path, f"label values {np.unique(data).tolist()} outside [0, 1, 2, 3]",
-                                     "M&Ms labels 1 LV, 2 Myo, 3 RV")
+                raise CSTMInputError(
+                    gt_path,
+                    f"label values {np.unique(data).tolist()} outside [0, 1, 2, 3]",
+                    "M&Ms labels 1 LV, 2 Myo, 3 RV",
+                )
             for key, phase in phases.items():
                 study[f"label_{key}"] = (MNMS_TO_ACDC[data[..., phase].astype(np.intp)], gt.affine)
         studies.append(study)
@@ -226,8 +257,11 @@ def _datalist_studies(path: Path) -> list[dict[str, Any]]:
         raise CSTMInputError(path, f"cannot be read as JSON ({e})", "a datalist JSON file (--dataset_dir)") from e
     items = items.get("training", items.get("data")) if isinstance(items, dict) else items
     if not isinstance(items, list) or not all(isinstance(i, dict) and "image" in i for i in items):
-        raise CSTMInputError(path, "is not a list of items with an 'image'",
-                             'a list (or {"training": [...]}) of {"image", "label_ed", "label_es", "ed", "es"}')
+        raise CSTMInputError(
+            path,
+            "is not a list of items with an 'image'",
+            'a list (or {"training": [...]}) of {"image", "label_ed", "label_es", "ed", "es"}',
+        )
     studies, names = [], set()
     for i, item in enumerate(items):
         image = path.parent / item["image"]
@@ -235,8 +269,11 @@ def _datalist_studies(path: Path) -> list[dict[str, Any]]:
         if name in names:
             raise CSTMInputError(path, f"item {i}: study name {name!r} used twice", "a unique 'study' per item")
         names.add(name)
-        study: dict[str, Any] = {"study": name, "image": image,
-                                 "info": {k: item[k] for k in INFO_KEYS if k in item} | {"source": str(path)}}
+        study: dict[str, Any] = {
+            "study": name,
+            "image": image,
+            "info": {k: item[k] for k in INFO_KEYS if k in item} | {"source": str(path)},
+        }
         for key in ("label_ed", "label_es", "annotation"):
             if item.get(key):
                 study[key] = path.parent / item[key]

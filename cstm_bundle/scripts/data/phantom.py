@@ -104,12 +104,23 @@ def _sample_heart(rng: np.random.Generator, z_last: float, slice_spacing: float)
     """Draw the heart of one study; ``z_last`` is the z (mm) of the most apical slice."""
     rc, wall = 24.0 * rng.uniform(0.85, 1.15), rng.uniform(6.5, 9.0)
     return _Heart(
-        centre=rng.uniform(-12.0, 12.0, 2), shift=rng.uniform(-3.0, 3.0, 2), angle=rng.uniform(0.0, np.pi),
-        ellipticity=rng.uniform(1.0, 1.1), rv_angle=np.pi + 0.9 + rng.uniform(-0.35, 0.35), rc=rc, wall=wall,
-        z_base=-rng.uniform(0.4, 0.8) * slice_spacing, z_apex=z_last + rng.uniform(0, 10),
-        descent=rng.uniform(10.0, 14.0), apex_wall=(rng.uniform(6.0, 8.0), rng.uniform(10.0, 13.0)),
-        ef=rng.uniform(0.48, 0.68), rv_size=(rc + wall) * rng.uniform(0.8, 0.95), rv_aspect=rng.uniform(1.7, 2.0),
-        rv_shrink=rng.uniform(0.12, 0.2), rv_length=rng.uniform(0.75, 0.85))
+        centre=rng.uniform(-12.0, 12.0, 2),
+        shift=rng.uniform(-3.0, 3.0, 2),
+        angle=rng.uniform(0.0, np.pi),
+        ellipticity=rng.uniform(1.0, 1.1),
+        rv_angle=np.pi + 0.9 + rng.uniform(-0.35, 0.35),
+        rc=rc,
+        wall=wall,
+        z_base=-rng.uniform(0.4, 0.8) * slice_spacing,
+        z_apex=z_last + rng.uniform(0, 10),
+        descent=rng.uniform(10.0, 14.0),
+        apex_wall=(rng.uniform(6.0, 8.0), rng.uniform(10.0, 13.0)),
+        ef=rng.uniform(0.48, 0.68),
+        rv_size=(rc + wall) * rng.uniform(0.8, 0.95),
+        rv_aspect=rng.uniform(1.7, 2.0),
+        rv_shrink=rng.uniform(0.12, 0.2),
+        rv_length=rng.uniform(0.75, 0.85),
+    )
 
 
 def _motion(h: _Heart, c: np.ndarray) -> _Motion:
@@ -123,12 +134,27 @@ def _motion(h: _Heart, c: np.ndarray) -> _Motion:
     lc, le = z_apex_cav - z_base, z_apex_epi - z_base
     rc2 = h.rc**2 * (1.0 - h.ef * c) * lc_ed / lc  # V = pi * k * r^2 * L for a spheroid of fixed profile
     centre = h.centre[:, None, None, None] + h.shift[:, None, None, None] * c
-    return _Motion(cx=centre[0], cy=centre[1], z_base=z_base, z_apex_epi=z_apex_epi, z_apex_cav=z_apex_cav,
-                   rc=np.sqrt(rc2), re=np.sqrt((myo + rc2 * lc) / le), rv_scale=1.0 - h.rv_shrink * c)
+    return _Motion(
+        cx=centre[0],
+        cy=centre[1],
+        z_base=z_base,
+        z_apex_epi=z_apex_epi,
+        z_apex_cav=z_apex_cav,
+        rc=np.sqrt(rc2),
+        re=np.sqrt((myo + rc2 * lc) / le),
+        rv_scale=1.0 - h.rv_shrink * c,
+    )
 
 
-def _ellipse_sdf(x: np.ndarray, y: np.ndarray, cx: np.ndarray | float, cy: np.ndarray | float, angle: float,
-                 a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+def _ellipse_sdf(
+    x: np.ndarray,
+    y: np.ndarray,
+    cx: np.ndarray | float,
+    cy: np.ndarray | float,
+    angle: float,
+    a: np.ndarray | float,
+    b: np.ndarray | float,
+) -> np.ndarray:
     """First-order signed distance (mm, < 0 inside) to an ellipse with semi-axes a (along ``angle``) and b.
 
     All arguments broadcast, e.g. x, y (H, W) against centres and semi-axes (T, 1, 1); a or b <= 0 means absent
@@ -163,11 +189,19 @@ def _heart_sdfs(h: _Heart, m: _Motion, x: np.ndarray, y: np.ndarray, z: float) -
     sdf = {
         "cav": _ellipse_sdf(x, y, m.cx, m.cy, h.angle, rc * e, rc / e),
         "epi": _ellipse_sdf(x, y, m.cx, m.cy, h.angle, re * e, re / e),
-        "rv": _ellipse_sdf(x, y, m.cx + d[0] * rv_off, m.cy + d[1] * rv_off, h.rv_angle, lam * h.rv_size,
-                           lam * h.rv_size * h.rv_aspect),
+        "rv": _ellipse_sdf(
+            x, y, m.cx + d[0] * rv_off, m.cy + d[1] * rv_off, h.rv_angle, lam * h.rv_size, lam * h.rv_size * h.rv_aspect
+        ),
         "la": _ellipse_sdf(x, y, m.cx - d[0] * 0.3 * h.rc, m.cy - d[1] * 0.3 * h.rc, h.angle, r_la, r_la),
-        "ra": _ellipse_sdf(x, y, m.cx + d[0] * (h.rc + 1.1 * h.rv_size), m.cy + d[1] * (h.rc + 1.1 * h.rv_size),
-                           h.rv_angle, r_ra, r_ra * 1.2),
+        "ra": _ellipse_sdf(
+            x,
+            y,
+            m.cx + d[0] * (h.rc + 1.1 * h.rv_size),
+            m.cy + d[1] * (h.rc + 1.1 * h.rv_size),
+            h.rv_angle,
+            r_ra,
+            r_ra * 1.2,
+        ),
     }
     for name, side in (("pap_a", -0.6), ("pap_b", 0.6)):  # papillary muscles opposite the RV (labelled LV, as ACDC)
         p = d * np.cos(np.pi + side) + np.array([-d[1], d[0]]) * np.sin(np.pi + side)
@@ -184,8 +218,14 @@ def _heart_label(sdf: dict[str, np.ndarray]) -> np.ndarray:
     return label
 
 
-def _paint_heart(background: np.ndarray, sdf: dict[str, np.ndarray], tone: dict[str, float], fat_weight: np.ndarray,
-                 tex: np.ndarray, pixel_spacing: float) -> np.ndarray:
+def _paint_heart(
+    background: np.ndarray,
+    sdf: dict[str, np.ndarray],
+    tone: dict[str, float],
+    fat_weight: np.ndarray,
+    tex: np.ndarray,
+    pixel_spacing: float,
+) -> np.ndarray:
     """Composite the heart over ``background`` (H, W) with soft (partial-volume) edges; returns (T, H, W)."""
 
     def soft(d: np.ndarray) -> np.ndarray:
@@ -194,9 +234,18 @@ def _paint_heart(background: np.ndarray, sdf: dict[str, np.ndarray], tone: dict[
     blood, myo = tone["blood"] * (1.0 + 0.03 * tex), tone["myo"] * (1.0 + 0.08 * tex)
     fat = np.minimum(sdf["epi"], sdf["rv"] - _RV_WALL) - _FAT
     img = background + soft(fat) * fat_weight * (tone["fat"] - background)
-    layers = [(sdf["la"] - _ATRIUM_WALL, myo), (sdf["la"], blood), (sdf["ra"] - _ATRIUM_WALL, myo),
-              (sdf["ra"], 0.95 * blood), (sdf["rv"] - _RV_WALL, myo), (sdf["rv"], 0.95 * blood), (sdf["epi"], myo),
-              (sdf["cav"], blood), (sdf["pap_a"], myo), (sdf["pap_b"], myo)]
+    layers = [
+        (sdf["la"] - _ATRIUM_WALL, myo),
+        (sdf["la"], blood),
+        (sdf["ra"] - _ATRIUM_WALL, myo),
+        (sdf["ra"], 0.95 * blood),
+        (sdf["rv"] - _RV_WALL, myo),
+        (sdf["rv"], 0.95 * blood),
+        (sdf["epi"], myo),
+        (sdf["cav"], blood),
+        (sdf["pap_a"], myo),
+        (sdf["pap_b"], myo),
+    ]
     for d, value in layers:
         if np.ndim(d):  # skip structures absent from this slice
             img = img + soft(d) * (value - img)
@@ -208,14 +257,15 @@ def _sample_tones(rng: np.random.Generator) -> dict[str, float]:
     names = ("blood", "myo", "fat", "muscle", "tissue", "lung", "liver", "stomach", "aorta", "bone")
     low = (0.9, 0.22, 0.75, 0.28, 0.38, 0.03, 0.55, 1.0, 1.1, 0.45)
     high = (1.1, 0.35, 0.95, 0.38, 0.5, 0.08, 0.7, 1.15, 1.25, 0.6)
-    tone = dict(zip(names, rng.uniform(low, high).tolist()))
+    tone = dict(zip(names, rng.uniform(low, high).tolist(), strict=True))
     tone["stomach"] *= tone["blood"]  # distractors with LV-like intensity (aorta: inflow enhancement)
     tone["aorta"] *= tone["blood"]
     return tone
 
 
-def _background(x: np.ndarray, y: np.ndarray, z_rel: float, tone: dict[str, float], organs: np.ndarray,
-                tex: np.ndarray) -> np.ndarray:
+def _background(
+    x: np.ndarray, y: np.ndarray, z_rel: float, tone: dict[str, float], organs: np.ndarray, tex: np.ndarray
+) -> np.ndarray:
     """Static anatomy around the heart on one slice: body, chest wall, lungs, spine, aorta, liver, stomach; (H, W).
 
     Args:
@@ -230,11 +280,13 @@ def _background(x: np.ndarray, y: np.ndarray, z_rel: float, tone: dict[str, floa
         img = np.where(_ellipse_sdf(x, y, 0.0, 80.0 * side, 0.0, 75.0, 42.0) < 0, tone["lung"] * (1 + 0.3 * tex), img)
     liver_r = np.clip((z_rel - organs[0]) / 0.4, 0.0, 1.0)
     stomach_r = np.clip((z_rel - organs[1]) / 0.3, 0.0, 1.0)
-    shapes = [(_ellipse_sdf(x, y, 35.0, -75.0, 0.3, 70.0 * liver_r, 60.0 * liver_r), tone["liver"] * (1 + 0.06 * tex)),
-              (_ellipse_sdf(x, y, 40.0, 80.0, -0.4, 30.0 * stomach_r, 22.0 * stomach_r), tone["stomach"]),
-              (_ellipse_sdf(x, y, 95.0, -10.0, 0.0, 16.0, 16.0) - 3.0, 0.1),
-              (_ellipse_sdf(x, y, 95.0, -10.0, 0.0, 16.0, 16.0), tone["bone"] * (1 + 0.1 * tex)),
-              (_ellipse_sdf(x, y, 70.0, 20.0 + organs[3], 0.0, organs[2], organs[2]), tone["aorta"])]
+    shapes = [
+        (_ellipse_sdf(x, y, 35.0, -75.0, 0.3, 70.0 * liver_r, 60.0 * liver_r), tone["liver"] * (1 + 0.06 * tex)),
+        (_ellipse_sdf(x, y, 40.0, 80.0, -0.4, 30.0 * stomach_r, 22.0 * stomach_r), tone["stomach"]),
+        (_ellipse_sdf(x, y, 95.0, -10.0, 0.0, 16.0, 16.0) - 3.0, 0.1),
+        (_ellipse_sdf(x, y, 95.0, -10.0, 0.0, 16.0, 16.0), tone["bone"] * (1 + 0.1 * tex)),
+        (_ellipse_sdf(x, y, 70.0, 20.0 + organs[3], 0.0, organs[2], organs[2]), tone["aorta"]),
+    ]
     for d, value in shapes:
         img = np.where(d < 0, value, img)
     return img
@@ -245,24 +297,32 @@ def _bias_field(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.nda
     h, w, nz = shape
     x, y, z = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), np.linspace(0, 1, nz), indexing="ij")
     coef = rng.uniform([-0.3, -0.3, -0.2, -0.2, -0.2, -0.15], [0.3, 0.3, 0.2, 0.2, 0.2, 0.15])
-    log_bias = sum(c * f for c, f in zip(coef, (x, y, x * x, y * y, x * y, z)))
+    log_bias = sum(c * f for c, f in zip(coef, (x, y, x * x, y * y, x * y, z), strict=True))
     return np.exp(log_bias - log_bias.mean())
 
 
-def _check_args(image_size: tuple[int, int], num_slices: int, num_phases: int, pixel_spacing: float,
-                slice_spacing: float) -> None:
+def _check_args(
+    image_size: tuple[int, int], num_slices: int, num_phases: int, pixel_spacing: float, slice_spacing: float
+) -> None:
     """Raise CSTMInputError for a study the phantom cannot draw."""
     if len(image_size) != 2 or min(image_size) < 16:
         raise CSTMInputError(None, f"phantom image_size {tuple(image_size)} is too small", "two sizes >= 16")
     if num_slices < 2 or num_phases < 4:
-        raise CSTMInputError(None, f"phantom num_slices={num_slices}, num_phases={num_phases}",
-                             "num_slices >= 2 and num_phases >= 4")
+        raise CSTMInputError(
+            None, f"phantom num_slices={num_slices}, num_phases={num_phases}", "num_slices >= 2 and num_phases >= 4"
+        )
     if pixel_spacing <= 0 or slice_spacing <= 0:
         raise CSTMInputError(None, f"phantom spacing ({pixel_spacing}, {slice_spacing}) mm", "positive spacings")
 
 
-def make_phantom_study(seed: int, image_size: tuple[int, int] = (128, 128), num_slices: int = 9, num_phases: int = 20,
-                       pixel_spacing: float = 1.8, slice_spacing: float = 8.0) -> PhantomStudy:
+def make_phantom_study(
+    seed: int,
+    image_size: tuple[int, int] = (128, 128),
+    num_slices: int = 9,
+    num_phases: int = 20,
+    pixel_spacing: float = 1.8,
+    slice_spacing: float = 8.0,
+) -> PhantomStudy:
     """Draw one synthetic short-axis cine study, deterministic in ``seed``.
 
     Args:
@@ -286,8 +346,11 @@ def make_phantom_study(seed: int, image_size: tuple[int, int] = (128, 128), num_
     motion = _motion(heart, _cycle(num_phases, es))
     rotation, fat_angle = rng.uniform(-0.45, 0.45), rng.uniform(0.0, 2 * np.pi)
     shifts = np.clip(np.round(rng.normal(0.0, 1.5, (num_slices, 2))), -4, 4) * pixel_spacing  # mm, per slice
-    grid_x, grid_y = np.meshgrid((np.arange(height) - (height - 1) / 2) * pixel_spacing,
-                                 (np.arange(width) - (width - 1) / 2) * pixel_spacing, indexing="ij")
+    grid_x, grid_y = np.meshgrid(
+        (np.arange(height) - (height - 1) / 2) * pixel_spacing,
+        (np.arange(width) - (width - 1) / 2) * pixel_spacing,
+        indexing="ij",
+    )
     image = np.empty((height, width, num_slices, num_phases), np.float32)
     label = np.empty((height, width, num_slices, num_phases), np.uint8)
     for k in range(num_slices):
@@ -316,8 +379,9 @@ def make_phantom_study(seed: int, image_size: tuple[int, int] = (128, 128), num_
     return PhantomStudy(image=image.astype(np.float32), label=label, affine=affine, ed=0, es=es)
 
 
-def write_phantom_studies(output_dir: str, num_studies: int = 4, seed: int = 0, overwrite: bool = False,
-                          **study_kwargs) -> list[str]:
+def write_phantom_studies(
+    output_dir: str, num_studies: int = 4, seed: int = 0, overwrite: bool = False, **study_kwargs
+) -> list[str]:
     """Write phantom studies in the study-folder layout (SPEC "Interfaces") plus ``datalist.json``.
 
     Study i (seed ``seed + i``) goes to ``<output_dir>/phantom_{seed+i:03d}/``: image.nii.gz (H, W, Z, T) float32,

@@ -9,8 +9,8 @@ import gzip
 import logging
 import os
 import zlib
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -74,16 +74,20 @@ def list_studies(
         write_phantom_studies(str(root), num_studies=demo_studies, seed=demo_seed)
     if not root.is_dir():
         raise CSTMInputError(root, "dataset folder does not exist", "a folder of study folders or one study folder")
-    folders = [root] if study_image(root) else sorted(p for p in root.iterdir() if study_image(p) and not
-                                                      p.name.startswith("."))
+    folders = (
+        [root]
+        if study_image(root)
+        else sorted(p for p in root.iterdir() if study_image(p) and not p.name.startswith("."))
+    )
     if folders != [root] and (check or not folders):
         for folder, problem in skipped_folders(root, folders):
             logger.warning(f"{folder}: skipped, {problem}")
     if not folders:
         if any((root / name).is_file() for name in STUDY_FILES):
             raise CSTMInputError(root / IMAGE_FILE, "study image not found", "a 4D NIfTI image (H, W, Z, T)")
-        raise CSTMInputError(root, f"no study folder (a folder with {IMAGE_FILE} or {DICOM_DIR}/) found",
-                             "at least one study")
+        raise CSTMInputError(
+            root, f"no study folder (a folder with {IMAGE_FILE} or {DICOM_DIR}/) found", "at least one study"
+        )
     return _studies(root, folders, split, num_val, check)
 
 
@@ -91,16 +95,21 @@ def _studies(root: Path, folders: list[Path], split: str | None, num_val: int, c
     """The datalist of ``folders`` (study folders, sorted), split and checked as :func:`list_studies` says."""
     if split is not None:
         if split not in ("train", "val") or not 0 <= num_val < len(folders) + (split == "val"):
-            raise CSTMInputError(root, f"cannot take split {split!r} with num_val={num_val} from {len(folders)} studies",
-                                 "split 'train' or 'val' and 0 <= num_val < number of studies")
-        folders = folders[len(folders) - num_val:] if split == "val" else folders[: len(folders) - num_val]
+            raise CSTMInputError(
+                root,
+                f"cannot take split {split!r} with num_val={num_val} from {len(folders)} studies",
+                "split 'train' or 'val' and 0 <= num_val < number of studies",
+            )
+        folders = folders[len(folders) - num_val :] if split == "val" else folders[: len(folders) - num_val]
     images = [study_image(p) for p in folders]
     for image in images if check else ():
         if image.name == IMAGE_FILE:
             check_image_file(image)
         else:
             scan_cine_dicom(image)
-    return [{"image": str(image), "study": p.name, "study_dir": str(p)} for p, image in zip(folders, images)]
+    return [
+        {"image": str(image), "study": p.name, "study_dir": str(p)} for p, image in zip(folders, images, strict=True)
+    ]
 
 
 def skipped_folders(root: str | os.PathLike, studies: list[Path]) -> list[tuple[Path, str]]:
@@ -115,12 +124,18 @@ def skipped_folders(root: str | os.PathLike, studies: list[Path]) -> list[tuple[
         (folder, problem) for each, sorted by name.
     """
     skipped = []
-    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")
-                         and p not in studies):
+    for folder in sorted(
+        p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".") and p not in studies
+    ):
         files = sorted(f.name for f in folder.iterdir() if f.name.endswith((".nii", ".nii.gz", ".json", ".dcm")))
         if files:
-            skipped.append((folder, f"not a study: no {IMAGE_FILE} or {DICOM_DIR}/ (it has {', '.join(files[:4])}"
-                                    f"{', ...' if len(files) > 4 else ''}; an uncompressed image.nii must be gzipped)"))
+            skipped.append(
+                (
+                    folder,
+                    f"not a study: no {IMAGE_FILE} or {DICOM_DIR}/ (it has {', '.join(files[:4])}"
+                    f"{', ...' if len(files) > 4 else ''}; an uncompressed image.nii must be gzipped)",
+                )
+            )
     return skipped
 
 
@@ -170,8 +185,11 @@ def check_image_file(path: str | os.PathLike) -> tuple[int, ...]:
     check_geometry(path, img.affine, img.header, np.dtype(proxy.dtype))
     size = _data_size(path, expected)
     if size < expected:
-        raise CSTMInputError(path, f"file is truncated ({size} of {expected} bytes of header and data)",
-                             "a complete NIfTI file (copy it again)")
+        raise CSTMInputError(
+            path,
+            f"file is truncated ({size} of {expected} bytes of header and data)",
+            "a complete NIfTI file (copy it again)",
+        )
     return shape
 
 
@@ -200,21 +218,31 @@ def check_geometry(path: str | os.PathLike, affine: np.ndarray, header: Any, dty
         raise CSTMInputError(path, f"spatial unit is {unit!r} (NIfTI xyzt_units)", "mm (rewrite the file in mm)")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if not (np.isfinite(affine).all() and (spacing > 0).all()) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise CSTMInputError(path, f"voxel spacing {np.round(spacing, 4).tolist()} mm (affine not invertible)",
-                             "a positive, finite spacing on every axis")
+        raise CSTMInputError(
+            path,
+            f"voxel spacing {np.round(spacing, 4).tolist()} mm (affine not invertible)",
+            "a positive, finite spacing on every axis",
+        )
     row, col = spacing[:2]
     if not (IN_PLANE_MM[0] <= min(row, col) and max(row, col) <= IN_PLANE_MM[1]):
-        raise CSTMInputError(path, f"in-plane spacing {row:.3g} x {col:.3g} mm",
-                             f"{IN_PLANE_MM[0]}-{IN_PLANE_MM[1]} mm as a cine MRI has (check the units)")
+        raise CSTMInputError(
+            path,
+            f"in-plane spacing {row:.3g} x {col:.3g} mm",
+            f"{IN_PLANE_MM[0]}-{IN_PLANE_MM[1]} mm as a cine MRI has (check the units)",
+        )
     if max(row, col) > MAX_IN_PLANE_RATIO * min(row, col):
-        raise CSTMInputError(path, f"in-plane spacing {row:.3g} x {col:.3g} mm: the slice axis seems not to be the "
-                             "third", "(H, W, Z, T) with short-axis slices along the third axis, square-ish pixels")
+        raise CSTMInputError(
+            path,
+            f"in-plane spacing {row:.3g} x {col:.3g} mm: the slice axis seems not to be the " "third",
+            "(H, W, Z, T) with short-axis slices along the third axis, square-ish pixels",
+        )
 
 
 def _reason(e: Exception, path: str | os.PathLike) -> str:
     """The exception's message without the file name (the error message starts with it already)."""
-    text = str(e).replace(f"File {path} is ", "").replace(f' of "{path}"', "")
-    text = text.replace(f'"{path}"', "the file").replace(str(path), "the file")
+    quoted = f'"{path}"'  # noqa: B907 (nibabel's wording, not a repr)
+    text = str(e).replace(f"File {path} is ", "").replace(f" of {quoted}", "")
+    text = text.replace(quoted, "the file").replace(str(path), "the file")
     return text or type(e).__name__
 
 
@@ -234,8 +262,9 @@ def _data_size(path: str | os.PathLike, expected: int) -> int:
             while chunk := g.read(1 << 24):
                 total += len(chunk)
     except (OSError, EOFError, zlib.error) as e:
-        raise CSTMInputError(path, f"file is truncated or corrupt ({_reason(e, path)})",
-                             "a complete NIfTI file (copy it again)") from e
+        raise CSTMInputError(
+            path, f"file is truncated or corrupt ({_reason(e, path)})", "a complete NIfTI file (copy it again)"
+        ) from e
     return total
 
 
@@ -272,16 +301,20 @@ def read_label(path: str | os.PathLike, image_shape: tuple[int, ...], image_affi
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
     except Exception as e:  # nibabel raises many types for corrupt files
-        raise CSTMInputError(path, f"cannot be read as NIfTI ({_reason(e, path)})",
-                             "a readable .nii.gz label file") from e
+        raise CSTMInputError(
+            path, f"cannot be read as NIfTI ({_reason(e, path)})", "a readable .nii.gz label file"
+        ) from e
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.shape != tuple(image_shape[:3]):
-        raise CSTMInputError(path, f"label shape {data.shape} is not on the image grid", f"shape {tuple(image_shape[:3])}")
+        raise CSTMInputError(
+            path, f"label shape {data.shape} is not on the image grid", f"shape {tuple(image_shape[:3])}"
+        )
     if not np.allclose(img.affine, image_affine, atol=1e-3):
         raise CSTMInputError(path, "label affine differs from the image affine", "the image's grid and affine")
     values = np.unique(data)
     if not np.isin(values, LABEL_VALUES).all():
-        raise CSTMInputError(path, f"label values {values.tolist()} outside {list(LABEL_VALUES)}",
-                             "0 background, 1 RV, 2 Myo, 3 LV")
+        raise CSTMInputError(
+            path, f"label values {values.tolist()} outside {list(LABEL_VALUES)}", "0 background, 1 RV, 2 Myo, 3 LV"
+        )
     return data.astype(np.uint8)

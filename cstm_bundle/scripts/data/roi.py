@@ -59,8 +59,9 @@ def crop_resize(x: Tensor, box: Box, size: int, mode: str = "bilinear") -> Tenso
     # F.pad, not MONAI's BorderPad (the same F.pad behind a channel-first MetaTensor): the box may reach outside the
     # image, which MONAI's SpatialCrop clips instead of reading as zeros.
     pad = (max(0, -box.left), max(0, box.left + box.width - w), max(0, -box.top), max(0, box.top + box.height - h))
-    crop = F.pad(x, pad)[..., box.top + pad[2]: box.top + pad[2] + box.height,
-                         box.left + pad[0]: box.left + pad[0] + box.width]
+    crop = F.pad(x, pad)[
+        ..., box.top + pad[2] : box.top + pad[2] + box.height, box.left + pad[0] : box.left + pad[0] + box.width
+    ]
     kwargs = {"align_corners": False, "antialias": box.height > size or box.width > size} if mode == "bilinear" else {}
     return F.interpolate(crop.float(), size=(size, size), mode=mode, **kwargs).to(x.dtype)
 
@@ -90,5 +91,7 @@ def paste_probabilities(probabilities: Tensor, box: Box, image_size: tuple[int, 
     out = torch.zeros((probabilities.shape[0], *image_size), dtype=torch.uint8, device=probabilities.device)
     top, left = max(box.top, 0), max(box.left, 0)
     bottom, right = min(box.top + box.height, image_size[0]), min(box.left + box.width, image_size[1])
-    out[:, top:bottom, left:right] = resized[:, top - box.top: bottom - box.top, left - box.left: right - box.left].to(torch.uint8)
+    out[:, top:bottom, left:right] = resized[
+        :, top - box.top : bottom - box.top, left - box.left : right - box.left
+    ].to(torch.uint8)
     return out

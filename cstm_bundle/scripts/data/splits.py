@@ -37,8 +37,12 @@ FIXED_TEST = {"DCM": ("patient008", "patient009", "patient010")}
 """Patients put in the test split before the draw (see the module docstring)."""
 
 
-def load_split(datalist_file: str | os.PathLike, split: str, data_root: str | os.PathLike,
-               dataset_weights: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def load_split(
+    datalist_file: str | os.PathLike,
+    split: str,
+    data_root: str | os.PathLike,
+    dataset_weights: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
     """The study dicts of one split, as :func:`~.readers.list_studies` returns them, plus "dataset", "patient",
     "group" and "sample_weight".
 
@@ -62,13 +66,17 @@ def load_split(datalist_file: str | os.PathLike, split: str, data_root: str | os
     try:
         items = json.loads(Path(datalist_file).read_text(encoding="utf-8"))[split]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CSTMInputError(datalist_file, f"cannot be read as a split file ({e!r})",
-                             f"a JSON file with lists {list(SPLITS)}") from e
+        raise CSTMInputError(
+            datalist_file, f"cannot be read as a split file ({e!r})", f"a JSON file with lists {list(SPLITS)}"
+        ) from e
     if dataset_weights is not None:
         items = [s for s in items if dataset_weights.get(s["dataset"], 0) > 0]
     if not items:
-        raise CSTMInputError(datalist_file, f"split {split!r} keeps no study with weights {dataset_weights}",
-                             "a positive weight for at least one dataset of the split")
+        raise CSTMInputError(
+            datalist_file,
+            f"split {split!r} keeps no study with weights {dataset_weights}",
+            "a positive weight for at least one dataset of the split",
+        )
     counts = {name: sum(s["dataset"] == name for s in items) for name in {s["dataset"] for s in items}}
     weights = {name: (1.0 if dataset_weights is None else float(dataset_weights[name])) for name in counts}
     total = sum(weights.values())
@@ -79,14 +87,25 @@ def load_split(datalist_file: str | os.PathLike, split: str, data_root: str | os
         if image is None:
             raise CSTMInputError(folder, f"study of split {split!r} not found", f"a study folder under {data_root}")
         check_image_file(image)
-        studies.append({**s, "image": str(image), "study": f"{s['dataset']}_{folder.name}", "study_dir": str(folder),
-                        "sample_weight": weights[s["dataset"]] / total / counts[s["dataset"]]})
+        studies.append(
+            {
+                **s,
+                "image": str(image),
+                "study": f"{s['dataset']}_{folder.name}",
+                "study_dir": str(folder),
+                "sample_weight": weights[s["dataset"]] / total / counts[s["dataset"]],
+            }
+        )
     logger.info(f"{split}: {len(studies)} studies ({', '.join(f'{n} {c}' for n, c in sorted(counts.items()))})")
     return studies
 
 
-def make_split(data_root: str | os.PathLike, output: str | os.PathLike, seed: int = 2025,
-               fractions: tuple[float, float] = (0.2, 0.27)) -> dict[str, list[dict[str, Any]]]:
+def make_split(
+    data_root: str | os.PathLike,
+    output: str | os.PathLike,
+    seed: int = 2025,
+    fractions: tuple[float, float] = (0.2, 0.27),
+) -> dict[str, list[dict[str, Any]]]:
     """Draw the split once (``python -m scripts.data.splits <data_root> <output>``) and write it as a datalist.
 
     Per group, after :data:`FIXED_TEST`, round(n × ``fractions[1]``) patients go to test and round(n × ``fractions[0]``)
@@ -100,8 +119,9 @@ def make_split(data_root: str | os.PathLike, output: str | os.PathLike, seed: in
             info = read_info(folder)
             group = info.get("group", "SCD-HF-I" if dataset == "sunnybrook" else "unknown")
             entry = patients.setdefault(folder.name, {"group": group, "studies": []})
-            entry["studies"].append({"study_dir": f"{dataset}/{folder.name}", "dataset": dataset,
-                                     "patient": folder.name, "group": group})
+            entry["studies"].append(
+                {"study_dir": f"{dataset}/{folder.name}", "dataset": dataset, "patient": folder.name, "group": group}
+            )
     rng = np.random.default_rng(seed)
     chosen: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     for group in sorted({p["group"] for p in patients.values()}):
@@ -111,14 +131,17 @@ def make_split(data_root: str | os.PathLike, output: str | os.PathLike, seed: in
         n_test = max(len(fixed), round(len(members) * fractions[1]))
         n_val = max(1, round(len(members) * fractions[0]))
         test = fixed + rest[: n_test - len(fixed)]
-        val = rest[n_test - len(fixed): n_test - len(fixed) + n_val]
+        val = rest[n_test - len(fixed) : n_test - len(fixed) + n_val]
         for split, names in (("test", test), ("validation", val)):
             chosen[split] += [s for name in sorted(names) for s in patients[name]["studies"]]
-        chosen["training"] += [s for name in sorted(set(members) - set(test) - set(val))
-                               for s in patients[name]["studies"]]
-    document = {"description": "CSTM bundle split of the real data by patient, stratified by group "
-                               f"(scripts.data.splits.make_split, seed {seed}); paths relative to the data folder",
-                **chosen}
+        chosen["training"] += [
+            s for name in sorted(set(members) - set(test) - set(val)) for s in patients[name]["studies"]
+        ]
+    document = {
+        "description": "CSTM bundle split of the real data by patient, stratified by group "
+        f"(scripts.data.splits.make_split, seed {seed}); paths relative to the data folder",
+        **chosen,
+    }
     Path(output).write_text(json.dumps(document, indent=1) + "\n")
     return chosen
 
@@ -156,16 +179,24 @@ def mix_datalists(
     for i, extra in enumerate(extra_datasets or []):
         where = f"extra_train_datasets[{i}]"
         if not isinstance(extra, dict) or "dataset_dir" not in extra or set(extra) - allowed:
-            raise CSTMInputError(where, f"is {extra!r}",
-                                 f"a dict with 'dataset_dir' and optional {sorted(allowed - {'dataset_dir'})}")
+            raise CSTMInputError(
+                where, f"is {extra!r}", f"a dict with 'dataset_dir' and optional {sorted(allowed - {'dataset_dir'})}"
+            )
         _check_weight(extra.get("weight", 1.0), where)
-        folders = prepare_dataset(extra["dataset_dir"], extra.get("dataset_layout", "study"),
-                                  None if layout_dir is None else Path(layout_dir) / f"extra{i}", extra.get("info_csv"))
+        folders = prepare_dataset(
+            extra["dataset_dir"],
+            extra.get("dataset_layout", "study"),
+            None if layout_dir is None else Path(layout_dir) / f"extra{i}",
+            extra.get("info_csv"),
+        )
         studies = list_studies(folders, demo_dir=demo_dir, demo_studies=demo_studies)
         sources.append((studies, extra.get("weight", 1.0)))
         logger.info(f"training data: {len(studies)} studies from {extra['dataset_dir']} at weight {sources[-1][1]}")
-    return [{**s, "sample_weight": float(w) * s.get("sample_weight", 1.0 / len(studies))}
-            for studies, w in sources for s in studies]
+    return [
+        {**s, "sample_weight": float(w) * s.get("sample_weight", 1.0 / len(studies))}
+        for studies, w in sources
+        for s in studies
+    ]
 
 
 def _check_weight(weight: Any, where: str) -> None:

@@ -72,8 +72,11 @@ def labelled_slices(info: Mapping[str, Any], phase: str, num_slices: int, study:
         return list(range(num_slices))
     outside = [z for z in info[key] if not 0 <= z < num_slices]
     if outside:
-        raise CSTMInputError(Path(study) / INFO_FILE, f"{key!r} lists slices {outside} outside the {num_slices} slices",
-                             f"0-based slice indices in [0, {num_slices})")
+        raise CSTMInputError(
+            Path(study) / INFO_FILE,
+            f"{key!r} lists slices {outside} outside the {num_slices} slices",
+            f"0-based slice indices in [0, {num_slices})",
+        )
     return sorted(info[key])
 
 
@@ -86,16 +89,18 @@ def drawn_classes(info: Mapping[str, Any], phase: str, study: str | Path) -> set
     key = f"labels_{phase}" if f"labels_{phase}" in info else "labels"
     classes = info.get(key, list(CLASS_KEYS))
     if not (isinstance(classes, list) and set(classes) <= set(CLASS_KEYS)):
-        raise CSTMInputError(Path(study) / INFO_FILE, f"{key!r} is {classes!r}",
-                             "a list of classes among 1 RV, 2 Myo, 3 LV")
+        raise CSTMInputError(
+            Path(study) / INFO_FILE, f"{key!r} is {classes!r}", "a list of classes among 1 RV, 2 Myo, 3 LV"
+        )
     return set(classes)
 
 
 def slice_classes(info: Mapping[str, Any], phase: str, z: int, study: str | Path) -> set[int]:
     """The classes drawn on slice ``z`` of ``label_<phase>`` (a slice it covers, :func:`labelled_slices`): those of
     :func:`drawn_classes` whose per-class list (``annotated_slices_<phase>_<class>``), if any, holds ``z``."""
-    return {c for c in drawn_classes(info, phase, study)
-            if z in info.get(f"annotated_slices_{phase}_{CLASS_KEYS[c]}", [z])}
+    return {
+        c for c in drawn_classes(info, phase, study) if z in info.get(f"annotated_slices_{phase}_{CLASS_KEYS[c]}", [z])
+    }
 
 
 def annotation_source(study: str | Path) -> tuple[Path, str, str | None]:
@@ -112,20 +117,34 @@ def annotation_source(study: str | Path) -> tuple[Path, str, str | None]:
         return folder / ANNOTATION_FILE, "annotated_phase", None
     if (folder / label_file("ed")).is_file():
         return folder / label_file("ed"), "ed", "ed"
-    raise CSTMInputError(folder, f"no annotation: neither {ANNOTATION_FILE} nor {label_file('ed')} exists",
-                         "one annotated frame (see README, 'Where the annotation comes from')")
+    raise CSTMInputError(
+        folder,
+        f"no annotation: neither {ANNOTATION_FILE} nor {label_file('ed')} exists",
+        "one annotated frame (see README, 'Where the annotation comes from')",
+    )
 
 
-INFO_KEYS = ("ed", "es", "annotated_phase", "annotated_slices_ed", "annotated_slices_es", "labels", "labels_ed",
-             "labels_es", "base_first", "height_cm", "weight_kg") + tuple(
-    f"annotated_slices_{phase}_{name}" for phase in LABELLED_PHASES for name in CLASS_KEYS.values())
+INFO_KEYS = (
+    "ed",
+    "es",
+    "annotated_phase",
+    "annotated_slices_ed",
+    "annotated_slices_es",
+    "labels",
+    "labels_ed",
+    "labels_es",
+    "base_first",
+    "height_cm",
+    "weight_kg",
+) + tuple(f"annotated_slices_{phase}_{name}" for phase in LABELLED_PHASES for name in CLASS_KEYS.values())
 """The ``info.json`` keys the bundle reads. Other keys (a dataset's own notes: ``group``, ``spacing``...) are kept and
 ignored, except one so close to a key of this list that it is taken for a misspelling of it."""
 
 
 def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
     """``info.json`` of a study, checked: a UTF-8 JSON object; ``ed``, ``es``, ``annotated_phase`` 0-based integers,
-    ``annotated_slices_ed``/``_es`` non-empty lists of 0-based integers (per-class lists may be empty); no misspelt key (``annotated_slice_ed``).
+    ``annotated_slices_ed``/``_es`` non-empty lists of 0-based integers (per-class lists may be empty); no misspelt
+    key (``annotated_slice_ed``).
     An empty dict when the file is absent. Ranges against the image are checked where the image is known
     (:class:`~scripts.data.LoadStudyd`).
 

@@ -17,9 +17,17 @@ from scipy.ndimage import distance_transform_edt
 from ..errors import CSTMInputError
 from ..io import save_nifti
 from .readers import base_first_from_affine, image_geometry, read_label, study_image
-from .study import (IMAGE_FILE, INFO_FILE, annotation_source, label_file, labelled_slices, phase_index, read_info,
-                    slice_classes)
 from .roi import crop_resize, foreground_center, heart_box
+from .study import (
+    IMAGE_FILE,
+    INFO_FILE,
+    annotation_source,
+    label_file,
+    labelled_slices,
+    phase_index,
+    read_info,
+    slice_classes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +73,9 @@ class LoadStudyd(MapTransform):
         CSTMInputError: wrong dimensionality, NaN/Inf or constant image, missing or empty annotation, bad label files.
     """
 
-    def __init__(self, keys: KeysCollection = "image", with_labels: bool = False,
-                 partial_margin_mm: float | None = None):
+    def __init__(
+        self, keys: KeysCollection = "image", with_labels: bool = False, partial_margin_mm: float | None = None
+    ):
         super().__init__(keys)
         self.with_labels = with_labels
         self.partial_margin_mm = partial_margin_mm
@@ -84,7 +93,9 @@ class LoadStudyd(MapTransform):
         if arr.min() == arr.max():
             raise CSTMInputError(path, f"image is constant ({arr.min()})", "an image with contrast")
         affine, _ = image_geometry(path)
-        d["image_spacing"] = torch.as_tensor(affine_to_spacing(affine, r=2, suppress_zeros=False), dtype=torch.float32)  # (2,) mm
+        d["image_spacing"] = torch.as_tensor(
+            affine_to_spacing(affine, r=2, suppress_zeros=False), dtype=torch.float32
+        )  # (2,) mm
         info = read_info(d["study_dir"])
         from_affine = base_first_from_affine(affine)
         d["base_first"] = bool(info.get("base_first", True if from_affine is None else from_affine))
@@ -113,10 +124,14 @@ class LoadStudyd(MapTransform):
         full = np.full((1, *shape), UNLABELLED, dtype=np.uint8)
         names = [n for n in ("ed", "es") if (study / label_file(n)).is_file() and n in info]
         if len(names) == 2 and shape[3] > 1 and info["ed"] == info["es"]:
-            raise CSTMInputError(study / INFO_FILE, f"'ed' and 'es' are both {info['ed']}",
-                                 "the ED and ES phases, which differ in a cine of several phases")
-        frames = {(n, z): slice_classes(info, n, z, study) for n in names
-                  for z in labelled_slices(info, n, shape[2], study)}
+            raise CSTMInputError(
+                study / INFO_FILE,
+                f"'ed' and 'es' are both {info['ed']}",
+                "the ED and ES phases, which differ in a cine of several phases",
+            )
+        frames = {
+            (n, z): slice_classes(info, n, z, study) for n in names for z in labelled_slices(info, n, shape[2], study)
+        }
         drawn_somewhere = set().union(*frames.values())
         spacing = affine_to_spacing(affine, r=2, suppress_zeros=False)
         for name in names:
@@ -144,9 +159,10 @@ class RandTripletd(Randomizable, MapTransform):
 
     With probability ``static_prob`` a sample is one fully labelled frame three times (static-frame pre-training, STCN:
     :class:`RandFrameJitterd` then deforms each copy on its own). Otherwise, with probability ``temporal_prob``, a
-    sample runs along t on one slice labelled at ED and ES: (ED, ES, ED), or (ES, ED, ES); else along z at one labelled phase: three ordered labelled slices no more than
-    ``max_slice_distance`` apart, base-to-apex or apex-to-base. Frames 2 and 3 are predicted from frame 1 (+ 2), so
-    frame 1 is always a fully labelled frame; frames 2 and 3 may be partially labelled (:class:`LoadStudyd`).
+    sample runs along t on one slice labelled at ED and ES: (ED, ES, ED), or (ES, ED, ES); else along z at one
+    labelled phase: three ordered labelled slices no more than ``max_slice_distance`` apart, base-to-apex or
+    apex-to-base. Frames 2 and 3 are predicted from frame 1 (+ 2), so frame 1 is always a fully labelled frame; frames
+    2 and 3 may be partially labelled (:class:`LoadStudyd`).
 
     Args:
         keys: (image key, label key); the image (1, H, W, Z, T), the label (1, H, W, Z, T) from :class:`LoadStudyd`.
@@ -160,8 +176,14 @@ class RandTripletd(Randomizable, MapTransform):
         CSTMInputError: the study has no fully labelled frame to start a sample from.
     """
 
-    def __init__(self, keys: KeysCollection = ("image", "label"), num_samples: int = 4, temporal_prob: float = 0.5,
-                 max_slice_distance: int = 5, static_prob: float = 0.0):
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        num_samples: int = 4,
+        temporal_prob: float = 0.5,
+        max_slice_distance: int = 5,
+        static_prob: float = 0.0,
+    ):
         MapTransform.__init__(self, keys)
         if max_slice_distance < 2:
             raise ValueError(f"max_slice_distance must be >= 2 to hold 3 slices, got {max_slice_distance}.")
@@ -174,8 +196,9 @@ class RandTripletd(Randomizable, MapTransform):
     def _pick(self, items: list) -> Any:
         return items[self.R.randint(len(items))]
 
-    def _sample(self, full: dict[int, list[int]], truth: dict[int, list[int]],
-                temporal: list[tuple[int, int, int]]) -> tuple[list[int], list[int]]:
+    def _sample(
+        self, full: dict[int, list[int]], truth: dict[int, list[int]], temporal: list[tuple[int, int, int]]
+    ) -> tuple[list[int], list[int]]:
         """(slices, phases) of one sample; ``full``/``truth``: phase -> slices fully / at least partly labelled;
         ``temporal``: the (z, a, b) with slice z fully labelled at phase a and labelled at phase b."""
         if self.static_prob and self.R.rand() < self.static_prob:
@@ -201,21 +224,30 @@ class RandTripletd(Randomizable, MapTransform):
         image_key, label_key = self.keys
         image, label = d[image_key][0], d[label_key][0]  # (H, W, Z, T)
         known = label != UNLABELLED
-        full, truth = ({int(t): [int(z) for z in torch.nonzero(frames[:, t]).flatten()]
-                        for t in torch.nonzero(frames.any(0)).flatten()}
-                       for frames in (known.all(0).all(0), known.any(0).any(0)))  # (Z, T) each
+        full, truth = (
+            {
+                int(t): [int(z) for z in torch.nonzero(frames[:, t]).flatten()]
+                for t in torch.nonzero(frames.any(0)).flatten()
+            }
+            for frames in (known.all(0).all(0), known.any(0).any(0))
+        )  # (Z, T) each
         if not full:
-            raise CSTMInputError(d["study_dir"], "no fully labelled frame to start a training sample from",
-                                 "label_ed/label_es with at least one fully labelled slice")
+            raise CSTMInputError(
+                d["study_dir"],
+                "no fully labelled frame to start a training sample from",
+                "label_ed/label_es with at least one fully labelled slice",
+            )
         temporal = [(z, a, b) for a in full for z in full[a] for b in truth if b != a and z in truth[b]]
         samples = []
         for _ in range(self.num_samples):
             zs, ts = self._sample(full, truth, temporal)
-            samples.append({
-                "frames": torch.as_tensor(image[:, :, zs, ts]).permute(2, 0, 1).float(),  # (3, H, W)
-                "masks": torch.as_tensor(label[:, :, zs, ts]).permute(2, 0, 1),  # (3, H, W)
-                "image_spacing": d["image_spacing"],
-            })
+            samples.append(
+                {
+                    "frames": torch.as_tensor(image[:, :, zs, ts]).permute(2, 0, 1).float(),  # (3, H, W)
+                    "masks": torch.as_tensor(label[:, :, zs, ts]).permute(2, 0, 1),  # (3, H, W)
+                    "image_spacing": d["image_spacing"],
+                }
+            )
         return samples
 
 
@@ -232,15 +264,34 @@ class RandFrameJitterd(Randomizable, MapTransform):
         elastic_magnitude: ``Rand2DElasticd`` magnitude range on a 24-pixel grid; (0, 0) for none.
     """
 
-    def __init__(self, keys: KeysCollection = ("frames", "masks"), prob: float = 0.5, rotate_range: float = 0.15,
-                 scale_range: float = 0.1, translate_range: float = 6, elastic_magnitude: tuple[float, float] = (0, 2)):
+    def __init__(
+        self,
+        keys: KeysCollection = ("frames", "masks"),
+        prob: float = 0.5,
+        rotate_range: float = 0.15,
+        scale_range: float = 0.1,
+        translate_range: float = 6,
+        elastic_magnitude: tuple[float, float] = (0, 2),
+    ):
         MapTransform.__init__(self, keys)
         self.prob = prob
-        self.affine = RandAffined(keys, prob=1.0, rotate_range=rotate_range, scale_range=scale_range,
-                                  translate_range=translate_range, mode=["bilinear", "nearest"], padding_mode="zeros")
-        self.elastic = Rand2DElasticd(keys, spacing=[24, 24], magnitude_range=elastic_magnitude,
-                                      prob=float(max(elastic_magnitude) > 0), mode=["bilinear", "nearest"],
-                                      padding_mode="zeros")
+        self.affine = RandAffined(
+            keys,
+            prob=1.0,
+            rotate_range=rotate_range,
+            scale_range=scale_range,
+            translate_range=translate_range,
+            mode=["bilinear", "nearest"],
+            padding_mode="zeros",
+        )
+        self.elastic = Rand2DElasticd(
+            keys,
+            spacing=[24, 24],
+            magnitude_range=elastic_magnitude,
+            prob=float(max(elastic_magnitude) > 0),
+            mode=["bilinear", "nearest"],
+            padding_mode="zeros",
+        )
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandFrameJitterd:
         super().set_random_state(seed, state)
@@ -257,7 +308,7 @@ class RandFrameJitterd(Randomizable, MapTransform):
         frames, masks = torch.as_tensor(d[frames_key]), torch.as_tensor(d[masks_key])
         out_frames, out_masks = [], []
         for i in range(frames.shape[0]):
-            frame = {frames_key: frames[i: i + 1], masks_key: masks[i: i + 1].float()}
+            frame = {frames_key: frames[i : i + 1], masks_key: masks[i : i + 1].float()}
             if self.R.rand() < self.prob:
                 frame = self.elastic(self.affine(frame))
             out_frames.append(torch.as_tensor(frame[frames_key]))
@@ -277,8 +328,9 @@ class RandHeartCropd(Randomizable, MapTransform):
         jitter: largest shift of the ROI centre, in ROI pixels.
     """
 
-    def __init__(self, keys: KeysCollection = ("frames", "masks"), roi_size: int = 192, spacing: float = 0.9,
-                 jitter: int = 24):
+    def __init__(
+        self, keys: KeysCollection = ("frames", "masks"), roi_size: int = 192, spacing: float = 0.9, jitter: int = 24
+    ):
         MapTransform.__init__(self, keys)
         self.roi_size, self.spacing, self.jitter = roi_size, spacing, jitter
 
@@ -392,6 +444,7 @@ class AsCineStudyd(MapTransform):
                 d[key] = x.unsqueeze(3)
             elif x.ndim != 5:
                 source = getattr(x, "meta", {}).get("filename_or_obj", key)
-                raise CSTMInputError(source, f"image has shape {tuple(x.shape[1:])}",
-                                     "a cine slice (H, W, T) or a study (H, W, Z, T)")
+                raise CSTMInputError(
+                    source, f"image has shape {tuple(x.shape[1:])}", "a cine slice (H, W, T) or a study (H, W, Z, T)"
+                )
         return d

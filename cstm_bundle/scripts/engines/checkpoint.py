@@ -42,12 +42,21 @@ class CheckedCheckpointLoader(CheckpointLoader):
         except (KeyError, RuntimeError, ValueError) as e:
             if not (max_epochs and engine.state.epoch > max_epochs):  # that refusal is reported below
                 network = len(self.load_dict) == 1
-                raise CSTMInputError(path, f"does not fit {'the network' if network else 'this training config'} "
-                                     f"({first_line(e)})", "a checkpoint of the configured variant and matching options"
-                                     if network else "a checkpoint of the same network and optimizer") from e
+                raise CSTMInputError(
+                    path,
+                    f"does not fit {'the network' if network else 'this training config'} " f"({first_line(e)})",
+                    (
+                        "a checkpoint of the configured variant and matching options"
+                        if network
+                        else "a checkpoint of the same network and optimizer"
+                    ),
+                ) from e
         if max_epochs and engine.state.epoch >= max_epochs:
-            raise CSTMInputError(path, f"the run already finished its {engine.state.epoch} epochs",
-                                 f"--max_epochs above {engine.state.epoch} to train further")
+            raise CSTMInputError(
+                path,
+                f"the run already finished its {engine.state.epoch} epochs",
+                f"--max_epochs above {engine.state.epoch} to train further",
+            )
 
 
 def load_initial_weights(network: torch.nn.Module, checkpoint: str | os.PathLike | None, engine: Engine) -> None:
@@ -84,11 +93,17 @@ def check_run_folder(output_dir: str | os.PathLike, resume: bool = False) -> Non
     last, best = Path(output_dir) / LAST_CHECKPOINT, Path(output_dir) / BEST_MODEL
     earlier = [p for p in (last, best) if p.exists()]
     if earlier and not resume:
-        raise CSTMInputError(earlier[0], "an earlier training run is in this output folder",
-                             "--resume true to continue it, or a new --output_dir")
+        raise CSTMInputError(
+            earlier[0],
+            "an earlier training run is in this output folder",
+            "--resume true to continue it, or a new --output_dir",
+        )
     if resume and best.exists() and not last.exists():
-        raise CSTMInputError(best, f"there is no {LAST_CHECKPOINT} beside it to resume from, and a new run would "
-                             "overwrite it", f"a new --output_dir (with --init_checkpoint {best} to start from it)")
+        raise CSTMInputError(
+            best,
+            f"there is no {LAST_CHECKPOINT} beside it to resume from, and a new run would " "overwrite it",
+            f"a new --output_dir (with --init_checkpoint {best} to start from it)",
+        )
     if resume and not earlier:
         logger.warning(f"--resume true, but {output_dir} holds no {LAST_CHECKPOINT}: training from the start")
 
@@ -116,8 +131,15 @@ class ResumableCheckpoint:
             carries beside the weights, so that inference rebuilds the same network.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, save_dict: dict[str, Any], evaluator: Any = None,
-                 resume: bool = False, save: bool = True, record: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        save_dict: dict[str, Any],
+        evaluator: Any = None,
+        resume: bool = False,
+        save: bool = True,
+        record: dict[str, Any] | None = None,
+    ):
         if "model" not in save_dict:
             raise ValueError(f"save_dict must hold 'model', got keys {sorted(save_dict)}.")
         self.output_dir = Path(output_dir)
@@ -146,18 +168,24 @@ class ResumableCheckpoint:
         best = read_checkpoint(self.last_path).get("best")
         if self.evaluator is not None and best:
             self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = best["metric"], best["epoch"]
-        trainer.logger.info(f"resumed from {self.last_path}: epoch {trainer.state.epoch} of "
-                            f"{trainer.state.max_epochs} done")
+        trainer.logger.info(
+            f"resumed from {self.last_path}: epoch {trainer.state.epoch} of " f"{trainer.state.max_epochs} done"
+        )
 
     def save_last(self, trainer: Engine) -> None:
         state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
         if self.evaluator is not None:
-            state["best"] = {"metric": self.evaluator.state.best_metric, "epoch": self.evaluator.state.best_metric_epoch}
+            state["best"] = {
+                "metric": self.evaluator.state.best_metric,
+                "epoch": self.evaluator.state.best_metric_epoch,
+            }
         _save_torch(state, self.last_path)
 
     def save_best(self, evaluator: Engine) -> None:
         if evaluator.state.best_metric_epoch == evaluator.state.epoch:
             network = self.save_dict["model"]
             save_weights(network, self.best_path, weights_record(network, **self.record))
-            evaluator.logger.info(f"best {evaluator.state.key_metric_name} {evaluator.state.best_metric:.4f} "
-                                  f"at epoch {evaluator.state.epoch}: {self.best_path}")
+            evaluator.logger.info(
+                f"best {evaluator.state.key_metric_name} {evaluator.state.best_metric:.4f} "
+                f"at epoch {evaluator.state.epoch}: {self.best_path}"
+            )

@@ -10,8 +10,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def configure_tracking(handlers: Sequence[Any], params: Mapping[str, Any],
-                       artifacts: Sequence[str | os.PathLike] = ()) -> int:
+def configure_tracking(
+    handlers: Sequence[Any], params: Mapping[str, Any], artifacts: Sequence[str | os.PathLike] = ()
+) -> int:
     """Give the tracking handlers that ``--tracking mlflow`` appended to ``train#handlers`` the run's parameters and
     the files to log when training completes; without ``--tracking`` there are none and this does nothing.
 
@@ -30,8 +31,9 @@ def configure_tracking(handlers: Sequence[Any], params: Mapping[str, Any],
     for handler in handlers:
         if not (hasattr(handler, "experiment_param") and hasattr(handler, "artifacts")):
             continue
-        values = {name: value if isinstance(value, (int, float, str, bool)) else str(value)
-                  for name, value in params.items()}
+        values = {
+            name: value if isinstance(value, (int, float, str, bool)) else str(value) for name, value in params.items()
+        }
         handler.experiment_param = {**(handler.experiment_param or {}), **values}
         handler.artifacts = (*(a for a in handler.artifacts if a), *(str(a) for a in artifacts))
         configured += 1

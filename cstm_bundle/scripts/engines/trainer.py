@@ -38,8 +38,10 @@ def propagate_triplet(network: CSTM, frames: Tensor, first_mask: Tensor) -> tupl
     b = frames.shape[0]
     low, high = torch.aminmax(first_mask)
     if low < 0 or high >= network.num_classes:
-        raise ValueError(f"memory mask values must lie in [0, {network.num_classes}) (a memory frame is fully "
-                         f"labelled), got {sorted(set(torch.unique(first_mask).tolist()))}.")
+        raise ValueError(
+            f"memory mask values must lie in [0, {network.num_classes}) (a memory frame is fully "
+            f"labelled), got {sorted(set(torch.unique(first_mask).tolist()))}."
+        )
     keys = network.encode_key(frames.flatten(0, 1))  # (B*3, ...) per field
     key1, key2, key3 = (type(keys)(*(t.unflatten(0, (b, 3))[:, i] for t in keys)) for i in range(3))
     onehot = F.one_hot(first_mask.long(), network.num_classes)
@@ -113,8 +115,12 @@ class CSTMTrainer(SupervisedTrainer):
             scaler.update()
         else:
             engine.optimizer.step()
-        engine.state.output = {CommonKeys.IMAGE: frames, CommonKeys.LABEL: masks, CommonKeys.PRED: logits3.detach(),
-                               CommonKeys.LOSS: loss.detach()}
+        engine.state.output = {
+            CommonKeys.IMAGE: frames,
+            CommonKeys.LABEL: masks,
+            CommonKeys.PRED: logits3.detach(),
+            CommonKeys.LOSS: loss.detach(),
+        }
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI handlers (decollate, StatsHandler) hook here
         return engine.state.output
 
@@ -127,13 +133,25 @@ def attach_early_stop(evaluator: Any, trainer: Any, patience: int = 0, min_delta
         raise ValueError(f"early_stop_patience must be >= 0, got {patience}.")
     if patience == 0:
         return
-    EarlyStopHandler(patience=patience, score_function=lambda e: e.state.metrics[e.state.key_metric_name],
-                     trainer=trainer, min_delta=min_delta).attach(evaluator)
+    EarlyStopHandler(
+        patience=patience,
+        score_function=lambda e: e.state.metrics[e.state.key_metric_name],
+        trainer=trainer,
+        min_delta=min_delta,
+    ).attach(evaluator)
 
 
-def run_training(trainer: Any, evaluator: Any, checkpoint: ResumableCheckpoint, output_dir: str, resume: bool = False,
-                 init_checkpoint: str | None = None, early_stop_patience: int = 0, handlers: Sequence[Any] = (),
-                 tracking_params: dict[str, Any] | None = None) -> None:
+def run_training(
+    trainer: Any,
+    evaluator: Any,
+    checkpoint: ResumableCheckpoint,
+    output_dir: str,
+    resume: bool = False,
+    init_checkpoint: str | None = None,
+    early_stop_patience: int = 0,
+    handlers: Sequence[Any] = (),
+    tracking_params: dict[str, Any] | None = None,
+) -> None:
     """The ``training`` run of ``train.json``, in order: refuse to overwrite an earlier run (:func:`check_run_folder`),
     load ``--init_checkpoint``, attach resuming and checkpointing, early stopping and the ``--tracking`` parameters,
     then train (the last epoch is always validated, so that a run ends with a ``model.pt``).
@@ -166,7 +184,8 @@ def attach_final_validation(trainer: Any, handlers: Sequence[Any]) -> None:
     for handler in handlers:
         if isinstance(handler, ValidationHandler) and handler.epoch_level:
             trainer.add_event_handler(
-                Events.COMPLETED, lambda engine, h=handler: engine.state.epoch % h.interval and h(engine))
+                Events.COMPLETED, lambda engine, h=handler: engine.state.epoch % h.interval and h(engine)
+            )
 
 
 def rank_handlers(handlers: Sequence[Any], is_rank0: bool) -> list[Any]:

@@ -2,4 +2,11 @@ from .memory import MemoryBank
 from .propagation import Propagation4DInferer, propagate_4d
 from .schedule import dependency_levels, plan_propagation, slice_regions
 
-__all__ = ["MemoryBank", "Propagation4DInferer", "dependency_levels", "plan_propagation", "propagate_4d", "slice_regions"]
+__all__ = [
+    "MemoryBank",
+    "Propagation4DInferer",
+    "dependency_levels",
+    "plan_propagation",
+    "propagate_4d",
+    "slice_regions",
+]

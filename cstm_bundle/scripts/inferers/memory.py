@@ -37,8 +37,9 @@ class MemoryBank:
 
     def gather(self, memories: list[tuple[Frame, ...]]) -> Memory:
         """Stack the memory of B queries that all read T frames into a :class:`Memory` of (B, C, T, h, w) tensors."""
-        parts = [torch.stack([torch.stack([self.frames[f][j] for f in memory], 1) for memory in memories])
-                 for j in range(4)]
+        parts = [
+            torch.stack([torch.stack([self.frames[f][j] for f in memory], 1) for memory in memories]) for j in range(4)
+        ]
         return Memory(*parts)
 
     def release(self, memories: Iterable[tuple[Frame, ...]]) -> None:

@@ -43,7 +43,7 @@ def crop_padding(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
     """Undo :func:`pad_to_multiple` on the last two dims (a slice: the labels to crop are a new tensor, not the
     padded MetaTensor whose recorded padding ``SpatialPad.inverse`` would undo)."""
     left, right, top, bottom = pad
-    return x[..., top: x.shape[-2] - bottom, left: x.shape[-1] - right]
+    return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]
 
 
 @torch.no_grad()
@@ -99,28 +99,37 @@ def propagate_4d(
         start = time.perf_counter()
         for i, level in enumerate(levels):
             # queries that read the same number of memory frames share one batch
-            for _, group in groupby(sorted(level, key=lambda f: len(plan[f])), key=lambda f: len(plan[f])):
-                group = list(group)
+            for _, same in groupby(sorted(level, key=lambda f: len(plan[f])), key=lambda f: len(plan[f])):
+                group = list(same)
                 for b in range(0, len(group), max_batch):
-                    batch = group[b: b + max_batch]
+                    batch = group[b : b + max_batch]
                     _predict_within_memory(network, batch, plan, bank, frames, labels, probabilities)
                     if trace is not None:
                         trace.extend((i, f, plan[f]) for f in batch)
             if progress:
-                logger.info(f"propagation level {i + 1}/{len(levels)}: {len(level)} frames, "
-                            f"{time.perf_counter() - start:.1f} s")
+                logger.info(
+                    f"propagation level {i + 1}/{len(levels)}: {len(level)} frames, "
+                    f"{time.perf_counter() - start:.1f} s"
+                )
     return labels
 
 
-def _predict(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, frames: Tensor, labels: Tensor,
-             probabilities: Tensor | None = None) -> None:
+def _predict(
+    network: CSTM,
+    batch: list[Frame],
+    plan: Plan,
+    bank: MemoryBank,
+    frames: Tensor,
+    labels: Tensor,
+    probabilities: Tensor | None = None,
+) -> None:
     """Predict one batch of query frames, store their labels (and probabilities), and add those that later queries
     read to ``bank``.
 
     All network calls come before the first change to ``labels`` or ``bank``, so a call that runs out of memory
     leaves both untouched and the batch can be retried in parts.
     """
-    zs, ts = map(list, zip(*batch))
+    zs, ts = map(list, zip(*batch, strict=True))
     imgs = frames[zs, ts]  # (B, 1, H, W)
     key = network.encode_key(imgs)
     memories = [plan[f] for f in batch]
@@ -137,8 +146,15 @@ def _predict(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, fr
         bank.add([batch[i] for i in keep], kept_key.key16, kept_key.key8, *value)
 
 
-def _predict_within_memory(network: CSTM, batch: list[Frame], plan: Plan, bank: MemoryBank, frames: Tensor,
-                           labels: Tensor, probabilities: Tensor | None = None) -> None:
+def _predict_within_memory(
+    network: CSTM,
+    batch: list[Frame],
+    plan: Plan,
+    bank: MemoryBank,
+    frames: Tensor,
+    labels: Tensor,
+    probabilities: Tensor | None = None,
+) -> None:
     """:func:`_predict`, splitting the batch in halves for as long as CUDA runs out of memory."""
     try:
         _predict(network, batch, plan, bank, frames, labels, probabilities)
@@ -147,7 +163,7 @@ def _predict_within_memory(network: CSTM, batch: list[Frame], plan: Plan, bank: 
             raise
         torch.cuda.empty_cache()
         logger.warning(f"CUDA out of memory with {len(batch)} frames per call; retrying with {len(batch) // 2}")
-        for part in (batch[: len(batch) // 2], batch[len(batch) // 2:]):
+        for part in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
             _predict_within_memory(network, part, plan, bank, frames, labels, probabilities)
 
 
@@ -220,12 +236,28 @@ class Propagation4DInferer(Inferer):
 
     def plan(self, num_slices: int, num_phases: int, annotated: Frame, base_first: bool = True) -> Plan:
         """The propagation plan for one study; see :func:`~.schedule.plan_propagation`."""
-        return plan_propagation(num_slices, num_phases, annotated, self.continuity, self.time_memory_size,
-                                self.slice_memory_size, base_first if self.base_first is None else self.base_first)
+        return plan_propagation(
+            num_slices,
+            num_phases,
+            annotated,
+            self.continuity,
+            self.time_memory_size,
+            self.slice_memory_size,
+            base_first if self.base_first is None else self.base_first,
+        )
 
-    def __call__(self, inputs: Tensor, network: CSTM, annotation: Tensor | None = None, annotation_slice: Any = None,
-                 annotation_phase: Any = None, image_spacing: Any = None, base_first: Any = True, *args: Any,
-                 **kwargs: Any) -> Tensor:
+    def __call__(
+        self,
+        inputs: Tensor,
+        network: CSTM,
+        annotation: Tensor | None = None,
+        annotation_slice: Any = None,
+        annotation_phase: Any = None,
+        image_spacing: Any = None,
+        base_first: Any = True,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Tensor:
         """Segment a batch of studies.
 
         Args:
@@ -242,8 +274,10 @@ class Propagation4DInferer(Inferer):
         """
         if annotation is None:
             if inputs.ndim != 6 or inputs.shape[1] != 2:
-                raise ValueError("without an annotation argument, expected inputs (B, 2, H, W, Z, T) (image, "
-                                 f"annotation channel), got {tuple(inputs.shape)}.")
+                raise ValueError(
+                    "without an annotation argument, expected inputs (B, 2, H, W, Z, T) (image, "
+                    f"annotation channel), got {tuple(inputs.shape)}."
+                )
             if image_spacing is None and isinstance(inputs, MetaTensor):
                 image_spacing = torch.linalg.norm(inputs.affine.reshape(-1, 4, 4)[:, :3, :2].float(), dim=1)  # (B, 2)
             channels = inputs[:, 1].as_tensor() if isinstance(inputs, MetaTensor) else inputs[:, 1]
@@ -263,22 +297,42 @@ class Propagation4DInferer(Inferer):
             image = inputs[b, 0].float().permute(2, 3, 0, 1)  # (Z, T, H, W)
             ann = annotation[b].reshape(annotation.shape[-2:])  # (H, W)
             if ann.min() < 0 or ann.max() >= network.num_classes:
-                raise ValueError(f"annotation values {torch.unique(ann).tolist()} outside 0..{network.num_classes - 1} "
-                                 f"(0 bg, 1 RV, 2 Myo, 3 LV).")
+                raise ValueError(
+                    f"annotation values {torch.unique(ann).tolist()} outside 0..{network.num_classes - 1} "
+                    f"(0 bg, 1 RV, 2 Myo, 3 LV)."
+                )
             annotated = (int(z_a[b]), int(t_a[b]))
             plan = self.plan(image.shape[0], image.shape[1], annotated, bool(base[b]))
             if self.roi_size is None:
                 frames, pad = pad_to_multiple(image, network.size_multiple, network.matcher.min_size)
                 ann_in, _ = pad_to_multiple(ann, network.size_multiple, network.matcher.min_size)
             else:
-                box = heart_box(foreground_center(ann), tuple(torch.as_tensor(image_spacing).reshape(-1, 2)[b].tolist()),
-                                self.roi_size, self.spacing)
+                box = heart_box(
+                    foreground_center(ann),
+                    tuple(torch.as_tensor(image_spacing).reshape(-1, 2)[b].tolist()),
+                    self.roi_size,
+                    self.spacing,
+                )
                 frames = crop_resize(image, box, self.roi_size)  # (Z, T, S, S)
                 ann_in = crop_resize(ann[None, None], box, self.roi_size, "nearest")[0, 0]  # (S, S)
-            probs = None if self.roi_size is None else frames.new_zeros(
-                (*frames.shape[:2], network.num_classes, *frames.shape[2:]), dtype=torch.float16)  # (Z, T, O, S, S)
-            labels = propagate_4d(network, frames.permute(2, 3, 0, 1), ann_in, plan, annotated, self.max_batch,
-                                  self.amp, self.progress, probabilities=probs).permute(2, 3, 0, 1)  # (Z, T, S, S)
+            probs = (
+                None
+                if self.roi_size is None
+                else frames.new_zeros((*frames.shape[:2], network.num_classes, *frames.shape[2:]), dtype=torch.float16)
+            )  # (Z, T, O, S, S)
+            labels = propagate_4d(
+                network,
+                frames.permute(2, 3, 0, 1),
+                ann_in,
+                plan,
+                annotated,
+                self.max_batch,
+                self.amp,
+                self.progress,
+                probabilities=probs,
+            ).permute(
+                2, 3, 0, 1
+            )  # (Z, T, S, S)
             if probs is None:
                 labels = crop_padding(labels, pad)
             else:  # back onto the input grid from the probabilities, one slice at a time (bounds memory)

@@ -46,7 +46,7 @@ def _slice_order(num_slices: int, start: int) -> list[int]:
 
 def _chain(anchor: Frame, previous: list[Frame], size: int) -> tuple[Frame, ...]:
     """Anchor plus the ``size - 1`` most recent frames of ``previous`` (most recent last), without duplicates."""
-    recent = [f for f in previous[max(0, len(previous) - (size - 1)):] if f != anchor] if size > 1 else []
+    recent = [f for f in previous[max(0, len(previous) - (size - 1)) :] if f != anchor] if size > 1 else []
     return (anchor, *recent)
 
 
@@ -82,7 +82,9 @@ def plan_propagation(
     """
     z_a, t_a = annotated
     if not (0 <= z_a < num_slices and 0 <= t_a < num_phases):
-        raise ValueError(f"annotated frame {annotated} lies outside a study of {num_slices} slices × {num_phases} phases.")
+        raise ValueError(
+            f"annotated frame {annotated} lies outside a study of {num_slices} slices × {num_phases} phases."
+        )
     if time_memory_size < 1 or slice_memory_size < 1:
         raise ValueError(f"memory sizes must be >= 1, got {time_memory_size} and {slice_memory_size}.")
     if continuity not in ("both", "spatial", "temporal"):

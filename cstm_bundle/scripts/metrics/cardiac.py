@@ -57,10 +57,14 @@ def phase_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, np.ndarray]:
     labels = np.asarray(labels)
     if labels.ndim != 4:
         raise ValueError(f"labels must be (H, W, Z, T), got shape {labels.shape}.")
-    return {name: (labels == value).sum(axis=(0, 1, 2)) * voxel_ml for name, value in (("lv", LV), ("rv", RV), ("myo", MYO))}
+    return {
+        name: (labels == value).sum(axis=(0, 1, 2)) * voxel_ml for name, value in (("lv", LV), ("rv", RV), ("myo", MYO))
+    }
 
 
-def cardiac_function(labels: np.ndarray, voxel_ml: float, ed: int | None = None, es: int | None = None) -> dict[str, Any]:
+def cardiac_function(
+    labels: np.ndarray, voxel_ml: float, ed: int | None = None, es: int | None = None
+) -> dict[str, Any]:
     """EDV, ESV, SV (mL), EF (%) of LV and RV, and LV myocardial mass (g) at ED, from a 4D label map.
 
     Args:
@@ -83,8 +87,12 @@ def cardiac_function(labels: np.ndarray, voxel_ml: float, ed: int | None = None,
     t_ed, t_es = out["ed_phase"], out["es_phase"]
     for name in ("lv", "rv"):
         edv, esv = float(volumes[name][t_ed]), float(volumes[name][t_es])
-        out[name] = {"edv_ml": round(edv, 2), "esv_ml": round(esv, 2), "sv_ml": round(edv - esv, 2),
-                     "ef_percent": round(100.0 * (edv - esv) / edv, 2) if edv > 0 else None}
+        out[name] = {
+            "edv_ml": round(edv, 2),
+            "esv_ml": round(esv, 2),
+            "sv_ml": round(edv - esv, 2),
+            "ef_percent": round(100.0 * (edv - esv) / edv, 2) if edv > 0 else None,
+        }
     out["lv_mass_g"] = round(float(volumes["myo"][t_ed]) * MYOCARDIAL_DENSITY, 2)
     out["volumes_ml"] = {k: [round(float(v), 3) for v in vs] for k, vs in volumes.items()}
     return out
@@ -120,10 +128,11 @@ def sanity_flags(result: dict[str, Any], labels: np.ndarray) -> list[str]:
         if not low <= v["edv_ml"] <= high:
             flags.append(f"{name.upper()} EDV {v['edv_ml']:.1f} mL outside {low:g}-{high:g} mL")
     if result["lv_mass_g"] and not PLAUSIBLE_LV_MASS_G[0] <= result["lv_mass_g"] <= PLAUSIBLE_LV_MASS_G[1]:
-        flags.append(f"LV mass {result['lv_mass_g']:.1f} g outside {PLAUSIBLE_LV_MASS_G[0]:g}-"
-                     f"{PLAUSIBLE_LV_MASS_G[1]:g} g")
+        flags.append(
+            f"LV mass {result['lv_mass_g']:.1f} g outside {PLAUSIBLE_LV_MASS_G[0]:g}-" f"{PLAUSIBLE_LV_MASS_G[1]:g} g"
+        )
     present = np.stack([(labels == c).any(axis=(0, 1, 2)) for c in (RV, MYO, LV)])  # (3, T)
-    for name, row in zip(("RV", "Myo", "LV"), present):
+    for name, row in zip(("RV", "Myo", "LV"), present, strict=True):
         if row.any() and (~row).mean() > VANISHED_FRACTION:
             flags.append(f"{name} absent from {int((~row).sum())} of {row.size} phases")
     return flags
@@ -150,9 +159,16 @@ class CardiacOutputsd(MapTransform):
         image_key: the (1, H, W, Z, T) image for the pictures (any intensity range; rescaled per study).
     """
 
-    def __init__(self, keys: KeysCollection, output_dir: str | os.PathLike, overwrite: bool = False,
-                 enabled: bool = True, pictures: bool = True, phases: Literal["info", "volume"] = "info",
-                 image_key: str = "image"):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        overwrite: bool = False,
+        enabled: bool = True,
+        pictures: bool = True,
+        phases: Literal["info", "volume"] = "info",
+        image_key: str = "image",
+    ):
         super().__init__(keys)
         if phases not in ("info", "volume"):
             raise ValueError(f"phases must be 'info' or 'volume', got {phases!r}.")
@@ -171,17 +187,28 @@ class CardiacOutputsd(MapTransform):
         result["flags"] = sanity_flags(result, labels)
         folder = self.output_dir / d["study"]
         written = [self._write_volumes(result, folder / VOLUMES_FILE)]
-        written.append(save_json({"study": d["study"], "voxel_volume_ml": voxel_ml,
-                                  "myocardial_density_g_per_ml": MYOCARDIAL_DENSITY, **result},
-                                 folder / FUNCTION_FILE, self.overwrite))
+        written.append(
+            save_json(
+                {
+                    "study": d["study"],
+                    "voxel_volume_ml": voxel_ml,
+                    "myocardial_density_g_per_ml": MYOCARDIAL_DENSITY,
+                    **result,
+                },
+                folder / FUNCTION_FILE,
+                self.overwrite,
+            )
+        )
         if self.pictures:
             from .pictures import write_pictures
 
             written += write_pictures(to_numpy(d[self.image_key])[0], labels, result, folder, self.overwrite)
         lv, rv = result["lv"], result["rv"]
-        logger.info(f"{d['study']}: LV EDV {lv['edv_ml']:.1f} mL, ESV {lv['esv_ml']:.1f} mL, EF {_pct(lv['ef_percent'])}; "
-                    f"RV EDV {rv['edv_ml']:.1f} mL, ESV {rv['esv_ml']:.1f} mL, EF {_pct(rv['ef_percent'])}; "
-                    f"LV mass {result['lv_mass_g']:.1f} g (ED t={result['ed_phase']}, ES t={result['es_phase']})")
+        logger.info(
+            f"{d['study']}: LV EDV {lv['edv_ml']:.1f} mL, ESV {lv['esv_ml']:.1f} mL, EF {_pct(lv['ef_percent'])}; "
+            f"RV EDV {rv['edv_ml']:.1f} mL, ESV {rv['esv_ml']:.1f} mL, EF {_pct(rv['ef_percent'])}; "
+            f"LV mass {result['lv_mass_g']:.1f} g (ED t={result['ed_phase']}, ES t={result['es_phase']})"
+        )
         for flag in result["flags"]:
             logger.warning(f"{d['study']}: SUSPECT RESULT: {flag} (cardiac_function.json 'flags')")
         for path in written:
@@ -200,7 +227,7 @@ class CardiacOutputsd(MapTransform):
             with open(tmp, "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["phase", "lv_blood_ml", "rv_blood_ml", "lv_myocardium_ml", "is_ed", "is_es"])
-                for t, (lv, rv, myo) in enumerate(zip(volumes["lv"], volumes["rv"], volumes["myo"])):
+                for t, (lv, rv, myo) in enumerate(zip(volumes["lv"], volumes["rv"], volumes["myo"], strict=True)):
                     writer.writerow([t, lv, rv, myo, int(t == result["ed_phase"]), int(t == result["es_phase"])])
 
         return write_atomic(path, write, self.overwrite)

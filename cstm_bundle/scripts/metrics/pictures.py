@@ -67,8 +67,9 @@ def montage(image: np.ndarray, labels: np.ndarray, slices: Sequence[int], phases
     out = np.zeros((len(slices) * (h + GAP) - GAP, len(phases) * (w + GAP) - GAP, 3), dtype=np.uint8)
     for i, z in enumerate(slices):
         for j, t in enumerate(phases):
-            out[i * (h + GAP): i * (h + GAP) + h, j * (w + GAP): j * (w + GAP) + w] = overlay(
-                image[:, :, z, t], labels[:, :, z, t], low, high)
+            out[i * (h + GAP) : i * (h + GAP) + h, j * (w + GAP) : j * (w + GAP) + w] = overlay(
+                image[:, :, z, t], labels[:, :, z, t], low, high
+            )
     return out
 
 
@@ -76,8 +77,10 @@ def cycle_frames(image: np.ndarray, labels: np.ndarray, z: int, min_size: int = 
     """The overlay of slice ``z`` at every phase, enlarged by an integer factor (nearest) to at least ``min_size``."""
     low, high = np.percentile(image[:, :, z], (1, 99))
     scale = max(1, -(-min_size // max(image.shape[:2])))
-    return [np.kron(overlay(image[:, :, z, t], labels[:, :, z, t], low, high), np.ones((scale, scale, 1), np.uint8))
-            for t in range(image.shape[3])]
+    return [
+        np.kron(overlay(image[:, :, z, t], labels[:, :, z, t], low, high), np.ones((scale, scale, 1), np.uint8))
+        for t in range(image.shape[3])
+    ]
 
 
 def volume_curve_figure(result: dict[str, Any]) -> Any:
@@ -92,11 +95,19 @@ def volume_curve_figure(result: dict[str, Any]) -> Any:
     ax.plot(phases, volumes["rv"], "s-", color=np.asarray(COLOURS[1]) / 255, label="RV blood pool")
     for key, name, style in (("ed_phase", "ED", "--"), ("es_phase", "ES", ":")):
         ax.axvline(result[key], color="k", linestyle=style, linewidth=1)
-        ax.annotate(f"{name} (t={result[key]})", (result[key], ax.get_ylim()[1]), textcoords="offset points",
-                    xytext=(3, -12), fontsize=8)
+        ax.annotate(
+            f"{name} (t={result[key]})",
+            (result[key], ax.get_ylim()[1]),
+            textcoords="offset points",
+            xytext=(3, -12),
+            fontsize=8,
+        )
     lv, rv = result["lv"], result["rv"]
-    ax.set_title(f"LV EF {_percent(lv['ef_percent'])} (EDV {lv['edv_ml']:.0f} mL, ESV {lv['esv_ml']:.0f} mL); "
-                 f"RV EF {_percent(rv['ef_percent'])}", fontsize=10)
+    ax.set_title(
+        f"LV EF {_percent(lv['ef_percent'])} (EDV {lv['edv_ml']:.0f} mL, ESV {lv['esv_ml']:.0f} mL); "
+        f"RV EF {_percent(rv['ef_percent'])}",
+        fontsize=10,
+    )
     ax.set_xlabel("phase t")
     ax.set_ylabel("volume (mL)")
     ax.grid(alpha=0.3)
@@ -109,8 +120,9 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} %"
 
 
-def write_pictures(image: np.ndarray, labels: np.ndarray, result: dict[str, Any], folder: str | Path,
-                   overwrite: bool = False) -> list[Path]:
+def write_pictures(
+    image: np.ndarray, labels: np.ndarray, result: dict[str, Any], folder: str | Path, overwrite: bool = False
+) -> list[Path]:
     """Write ``volume_curve.png``, ``montage.png`` and ``middle_slice.gif`` into ``folder``, atomically.
 
     Args:
@@ -123,11 +135,21 @@ def write_pictures(image: np.ndarray, labels: np.ndarray, result: dict[str, Any]
     folder = Path(folder)
     fig = volume_curve_figure(result)
     paths = [write_atomic(folder / PICTURE_FILES[0], lambda tmp: fig.savefig(tmp, format="png"), overwrite)]
-    tiles = montage(image, labels, montage_slices(image.shape[2]),
-                    montage_phases(image.shape[3], result["ed_phase"], result["es_phase"]))
-    paths.append(write_atomic(folder / PICTURE_FILES[1], lambda tmp: Image.fromarray(tiles).save(tmp, format="PNG"),
-                              overwrite))
+    tiles = montage(
+        image,
+        labels,
+        montage_slices(image.shape[2]),
+        montage_phases(image.shape[3], result["ed_phase"], result["es_phase"]),
+    )
+    paths.append(
+        write_atomic(folder / PICTURE_FILES[1], lambda tmp: Image.fromarray(tiles).save(tmp, format="PNG"), overwrite)
+    )
     frames = [Image.fromarray(f) for f in cycle_frames(image, labels, image.shape[2] // 2)]
-    paths.append(write_atomic(folder / PICTURE_FILES[2], lambda tmp: frames[0].save(
-        tmp, format="GIF", save_all=True, append_images=frames[1:], duration=80, loop=0), overwrite))
+    paths.append(
+        write_atomic(
+            folder / PICTURE_FILES[2],
+            lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=80, loop=0),
+            overwrite,
+        )
+    )
     return paths

@@ -60,8 +60,14 @@ def check_evaluation_outputs(output_dir: str | os.PathLike, overwrite: bool = Fa
         raise CSTMInputError(root, f"cannot create the output folder ({e.strerror})", "a writable path") from e
 
 
-def scored_slices(label: np.ndarray, info: Mapping[str, Any], phase: str, phase_index: int,
-                  skip: int | None = None, study: str | os.PathLike = "") -> dict[int, list[int]]:
+def scored_slices(
+    label: np.ndarray,
+    info: Mapping[str, Any],
+    phase: str,
+    phase_index: int,
+    skip: int | None = None,
+    study: str | os.PathLike = "",
+) -> dict[int, list[int]]:
     """Which slices to score for each class at one phase: the slices whose label frame is labelled (not
     :data:`~scripts.data.UNLABELLED`) and draws the class (:func:`~scripts.data.study.slice_classes`: ``labels_<phase>``,
     ``labels``, per-class slice lists such as ``annotated_slices_ed_myo``).
@@ -104,9 +110,15 @@ class EvaluationReport:
         timer: a :class:`StudyTimer` attached to the same evaluator; its records go into the summary.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, overwrite: bool = False, baselines: Sequence[str] = ("copy_ed",),
-                 models: Mapping[str, torch.nn.Module] | None = None, inferer: Inferer | None = None,
-                 timer: StudyTimer | None = None):
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        overwrite: bool = False,
+        baselines: Sequence[str] = ("copy_ed",),
+        models: Mapping[str, torch.nn.Module] | None = None,
+        inferer: Inferer | None = None,
+        timer: StudyTimer | None = None,
+    ):
         unknown = set(baselines) - {"copy_ed"}
         if unknown:
             raise CSTMInputError("baselines", f"unknown baselines {sorted(unknown)}", "a subset of ['copy_ed']")
@@ -139,24 +151,43 @@ class EvaluationReport:
             if not slices:
                 continue
             for method, pred in predictions.items():
-                self._add(d["study"], group, method, phase, score_phase(pred[..., t], label[..., t], slices, spacing, base_first))
+                self._add(
+                    d["study"],
+                    group,
+                    method,
+                    phase,
+                    score_phase(pred[..., t], label[..., t], slices, spacing, base_first),
+                )
             if "copy_ed" in self.baselines and phase == "ES":
                 ed_labelled = [z for z in range(label.shape[2]) if (label[:, :, z, ed] != UNLABELLED).all()]
                 both = {c: [z for z in zs if z in ed_labelled] for c, zs in slices.items()}
                 both = {c: zs for c, zs in both.items() if zs}
                 if both:
-                    self._add(d["study"], group, "copy_ed", phase,
-                              score_phase(label[..., ed], label[..., t], both, spacing, base_first))
-        logger.info(f"{d['study']}: scored ({', '.join(predictions)}"
-                    f"{', ' + ', '.join(self.baselines) if self.baselines else ''})")
+                    self._add(
+                        d["study"],
+                        group,
+                        "copy_ed",
+                        phase,
+                        score_phase(label[..., ed], label[..., t], both, spacing, base_first),
+                    )
+        logger.info(
+            f"{d['study']}: scored ({', '.join(predictions)}"
+            f"{', ' + ', '.join(self.baselines) if self.baselines else ''})"
+        )
         return d
 
     def _predict(self, network: torch.nn.Module, d: Mapping[Hashable, Any]) -> np.ndarray:
         device = next(network.parameters()).device
         image = torch.as_tensor(d["image"])[None].to(device)  # (1, 1, H, W, Z, T)
-        labels = self.inferer(image, network, annotation=torch.as_tensor(d["annotation"])[None].to(device),
-                              annotation_slice=d["annotation_slice"], annotation_phase=d["annotation_phase"],
-                              image_spacing=torch.as_tensor(d["image_spacing"])[None], base_first=d["base_first"])
+        labels = self.inferer(
+            image,
+            network,
+            annotation=torch.as_tensor(d["annotation"])[None].to(device),
+            annotation_slice=d["annotation_slice"],
+            annotation_phase=d["annotation_phase"],
+            image_spacing=torch.as_tensor(d["image_spacing"])[None],
+            base_first=d["base_first"],
+        )
         return to_numpy(labels)[0, 0]  # (H, W, Z, T)
 
     def _add(self, study: str, group: str, method: str, phase: str, rows: list[dict]) -> None:
@@ -177,17 +208,23 @@ class EvaluationReport:
                 if not rows:
                     continue
                 out[method][phase] = {
-                    region: {c: {**mean_scores(sel), "num_frames": len(sel)}
-                             for c in (*CLASS_NAMES.values(), "mean")
-                             if (sel := [r for r in rows if r["region"] == region and r["class"] == c])}
-                    for region in REGIONS}
+                    region: {
+                        c: {**mean_scores(sel), "num_frames": len(sel)}
+                        for c in (*CLASS_NAMES.values(), "mean")
+                        if (sel := [r for r in rows if r["region"] == region and r["class"] == c])
+                    }
+                    for region in REGIONS
+                }
         return out
 
     def write(self) -> dict[str, Any]:
         """Write ``metrics.csv`` and ``summary.json`` atomically, log their paths and the table; returns the summary."""
         if not self.rows:
-            raise CSTMInputError(self.output_dir, "no labelled frame to score in any study",
-                                 "studies with label_ed/label_es beyond the annotated frame")
+            raise CSTMInputError(
+                self.output_dir,
+                "no labelled frame to score in any study",
+                "studies with label_ed/label_es beyond the annotated frame",
+            )
 
         def write_csv(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
@@ -203,18 +240,20 @@ class EvaluationReport:
         summary = {
             "studies": sorted(dict.fromkeys(r["study"] for r in self.rows)),
             "metrics": metrics,
-            "groups": {g: {"studies": len({r["study"] for r in self.rows if r["group"] == g}),
-                           "metrics": self.summary(g)} for g in groups},
+            "groups": {
+                g: {"studies": len({r["study"] for r in self.rows if r["group"] == g}), "metrics": self.summary(g)}
+                for g in groups
+            },
             "timing": self.timer.records if self.timer is not None else [],
             "conventions": {
                 "dice_2d/hd95_2d": "per 2D slice (in-plane spacing), averaged over the region's slices that hold the "
-                                   "class in the prediction or the truth",
+                "class in the prediction or the truth",
                 "dice_3d/hd95_3d": "per volume: the region's scored slices stacked (in-plane and slice spacing)",
                 "hd95": "95th percentile Hausdorff distance in mm (monai.metrics, percentile=95, spacing)",
                 "empty": "both empty: Dice 1, HD95 0, not counted in slice averages; one empty: Dice 0, HD95 = grid "
-                         "diagonal in mm",
+                "diagonal in mm",
                 "regions": "slices ordered base to apex: first ceil(Z/3) basal, last floor(Z/3) apex, rest middle; "
-                           "whole = all",
+                "whole = all",
                 "frames": "every labelled ED/ES slice but the annotated frame; classes not annotated are skipped",
                 "copy_ed": "ED ground truth copied to ES (no propagation); scored at ES only",
             },
@@ -239,10 +278,13 @@ def format_table(metrics: Mapping[str, Any], kind: str = "2d", phase: str = "all
     """
     classes = (*CLASS_NAMES.values(), "mean")
     width = max([len(m) for m in metrics] + [8])
-    header = (f"{'Method':<{width}} | " + " ".join(f"{c:>6}" for c in classes) + " | "
-              + " ".join(f"{c:>6}" for c in classes))
-    title = (f"{kind.upper()} metrics, phase {phase} (mean over studies): Dice ↑ (LV, Myo, RV, mean) | "
-             f"HD95 mm ↓ (LV, Myo, RV, mean); '-' = not annotated")
+    header = (
+        f"{'Method':<{width}} | " + " ".join(f"{c:>6}" for c in classes) + " | " + " ".join(f"{c:>6}" for c in classes)
+    )
+    title = (
+        f"{kind.upper()} metrics, phase {phase} (mean over studies): Dice ↑ (LV, Myo, RV, mean) | "
+        f"HD95 mm ↓ (LV, Myo, RV, mean); '-' = not annotated"
+    )
     lines = [title, header, "-" * len(header)]
     for region in REGIONS:
         lines.append(f"{'Whole heart' if region == 'whole' else region.capitalize()}")
@@ -264,8 +306,10 @@ def format_group_table(summary: Mapping[str, Any], kind: str = "2d") -> str:
         summary: what :meth:`EvaluationReport.write` returns (or ``summary.json``), with its "groups".
         kind: "2d" or "3d".
     """
-    lines = ["| group (n) | phase | method | LV | Myo | RV | mean | HD95 mean mm | basal | middle | apex |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| group (n) | phase | method | LV | Myo | RV | mean | HD95 mean mm | basal | middle | apex |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     blocks = [(f"{g} ({b['studies']})", b["metrics"]) for g, b in summary.get("groups", {}).items()]
     blocks.append((f"all ({len(summary['studies'])})", summary["metrics"]))
     for name, metrics in blocks:
@@ -275,10 +319,13 @@ def format_group_table(summary: Mapping[str, Any], kind: str = "2d") -> str:
                 if not scores:
                     continue
                 whole = scores.get("whole", {})
-                cells = [_cell((whole.get(c) or {}).get(f"dice_{kind}"), 3).strip() for c in (*CLASS_NAMES.values(), "mean")]
+                cells = [
+                    _cell((whole.get(c) or {}).get(f"dice_{kind}"), 3).strip() for c in (*CLASS_NAMES.values(), "mean")
+                ]
                 cells.append(_cell((whole.get("mean") or {}).get(f"hd95_{kind}"), 2).strip())
-                cells += [_cell((scores.get(r, {}).get("mean") or {}).get(f"dice_{kind}"), 3).strip()
-                          for r in REGIONS[:3]]
+                cells += [
+                    _cell((scores.get(r, {}).get("mean") or {}).get(f"dice_{kind}"), 3).strip() for r in REGIONS[:3]
+                ]
                 lines.append(f"| {name} | {phase} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -298,8 +345,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def load_models(checkpoints: Mapping[str, str | os.PathLike | None], device: torch.device | str = "cpu",
-                requested: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, torch.nn.Module]:
+def load_models(
+    checkpoints: Mapping[str, str | os.PathLike | None],
+    device: torch.device | str = "cpu",
+    requested: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, torch.nn.Module]:
     """Extra models for :class:`EvaluationReport`: each checkpoint file that exists, as the network its record says
     (:func:`~scripts.networks.build_cstm_from_checkpoint`), loaded and in eval mode; the others are skipped with a
     log line (e.g. no dense-matching weights shipped).
@@ -321,8 +371,9 @@ def load_models(checkpoints: Mapping[str, str | os.PathLike | None], device: tor
         try:
             network.load_state_dict(state_dict_of(read_checkpoint(path)))
         except RuntimeError as e:
-            raise CSTMInputError(path, f"cannot load the {name!r} weights ({type(e).__name__})",
-                                 "a checkpoint of the same architecture") from e
+            raise CSTMInputError(
+                path, f"cannot load the {name!r} weights ({type(e).__name__})", "a checkpoint of the same architecture"
+            ) from e
         out[name] = network.to(device).eval()
         logger.info(f"baseline {name!r}: weights {path}")
     return out

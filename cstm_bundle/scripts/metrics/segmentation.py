@@ -60,8 +60,9 @@ def dice_hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> 
     dice = compute_dice(p, t, include_background=True)
     with warnings.catch_warnings():  # MONAI 1.6 warns about its own deprecated get_mask_edges argument
         warnings.simplefilter("ignore", FutureWarning)
-        hd95 = compute_hausdorff_distance(p, t, include_background=True, percentile=95,
-                                          spacing=[float(s) for s in spacing])
+        hd95 = compute_hausdorff_distance(
+            p, t, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
+        )
     return float(dice[0, 0]), float(hd95[0, 0])
 
 
@@ -70,8 +71,13 @@ def grid_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return float(np.linalg.norm(np.asarray(shape, dtype=float) * np.asarray(spacing, dtype=float)))
 
 
-def score_phase(pred: np.ndarray, truth: np.ndarray, slices: dict[int, Sequence[int]], spacing: Sequence[float],
-                base_first: bool = True) -> list[dict]:
+def score_phase(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    slices: dict[int, Sequence[int]],
+    spacing: Sequence[float],
+    base_first: bool = True,
+) -> list[dict]:
     """Dice and HD95 of one phase, per class and region, 2D (slice average) and 3D (stacked slices).
 
     Args:
@@ -84,7 +90,8 @@ def score_phase(pred: np.ndarray, truth: np.ndarray, slices: dict[int, Sequence[
     Returns:
         one dict per (region, class) with at least one scored slice: region, class, dice_2d, hd95_2d (means over the
         slices where prediction or truth holds the class; NaN when there is none), dice_3d, hd95_3d, num_slices,
-        num_empty (slices where both are empty), num_missed (slices where exactly one is empty). Then one "mean" row per region: the mean over its classes.
+        num_empty (slices where both are empty), num_missed (slices where exactly one is empty). Then one "mean" row
+        per region: the mean over its classes.
     """
     regions = slice_regions(pred.shape[2], base_first)
     rows = []
@@ -99,19 +106,31 @@ def score_phase(pred: np.ndarray, truth: np.ndarray, slices: dict[int, Sequence[
             counted = [s for i, s in enumerate(per_slice) if p[..., i].any() or t[..., i].any()]
             missed = sum(p[..., i].any() != t[..., i].any() for i in range(len(zs)))
             dice_3d, hd95_3d = dice_hd95(*_on_true_slices(p, t, zs), spacing)
-            region_rows.append({
-                "region": region, "class": name,
-                "dice_2d": float(np.mean([s[0] for s in counted])) if counted else float("nan"),
-                "hd95_2d": float(np.mean([s[1] for s in counted])) if counted else float("nan"),
-                "dice_3d": dice_3d, "hd95_3d": hd95_3d,
-                "num_slices": len(zs), "num_empty": len(zs) - len(counted), "num_missed": int(missed),
-            })
+            region_rows.append(
+                {
+                    "region": region,
+                    "class": name,
+                    "dice_2d": float(np.mean([s[0] for s in counted])) if counted else float("nan"),
+                    "hd95_2d": float(np.mean([s[1] for s in counted])) if counted else float("nan"),
+                    "dice_3d": dice_3d,
+                    "hd95_3d": hd95_3d,
+                    "num_slices": len(zs),
+                    "num_empty": len(zs) - len(counted),
+                    "num_missed": int(missed),
+                }
+            )
         if region_rows:
             rows.extend(region_rows)
-            rows.append({"region": region, "class": "mean", **mean_scores(region_rows),
-                         "num_slices": max(r["num_slices"] for r in region_rows),
-                         "num_empty": min(r["num_empty"] for r in region_rows),
-                         "num_missed": sum(r["num_missed"] for r in region_rows)})
+            rows.append(
+                {
+                    "region": region,
+                    "class": "mean",
+                    **mean_scores(region_rows),
+                    "num_slices": max(r["num_slices"] for r in region_rows),
+                    "num_empty": min(r["num_empty"] for r in region_rows),
+                    "num_missed": sum(r["num_missed"] for r in region_rows),
+                }
+            )
     return rows
 
 

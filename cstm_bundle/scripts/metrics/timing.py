@@ -58,6 +58,8 @@ class StudyTimer:
             "fps": round(frames / inference, 2) if inference > 0 else float("nan"),
         }
         self.records.append(record)
-        logger.info(f"{study}: {frames} frames, load {record['load_s']:.1f} s, inference {record['inference_s']:.1f} s "
-                    f"({record['fps']:.1f} frames/s), postprocessing {record['postprocessing_s']:.1f} s")
+        logger.info(
+            f"{study}: {frames} frames, load {record['load_s']:.1f} s, inference {record['inference_s']:.1f} s "
+            f"({record['fps']:.1f} frames/s), postprocessing {record['postprocessing_s']:.1f} s"
+        )
         self._marks = {}

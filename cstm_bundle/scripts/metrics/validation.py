@@ -47,8 +47,14 @@ class PhaseClassDice(Metric):
                 frames = torch.as_tensor(np.flatnonzero(phases == phase))
                 if len(frames) == 0:
                     continue
-                dice = compute_dice(pred[None, ..., frames].cpu(), label[None, ..., frames].cpu(),
-                                    include_background=False, ignore_empty=True)[0]  # (C - 1,), NaN: no truth
+                dice = compute_dice(
+                    pred[None, ..., frames].cpu(),
+                    label[None, ..., frames].cpu(),
+                    include_background=False,
+                    ignore_empty=True,
+                )[
+                    0
+                ]  # (C - 1,), NaN: no truth
                 scored = ~dice.isnan()
                 self._sum[i, scored] += dice[scored].double()
                 self._count[i, scored] += 1
@@ -56,5 +62,9 @@ class PhaseClassDice(Metric):
     @sync_all_reduce("_sum", "_count")  # several GPUs: every rank's studies
     def compute(self) -> dict[str, float]:
         mean = self._sum / self._count.clamp(min=1)
-        return {f"{self.prefix}_{phase.lower()}_{CLASS_NAMES[c + 1].lower()}": float(mean[i, c])
-                for i, phase in enumerate(PHASES) for c in range(len(CLASS_NAMES)) if self._count[i, c] > 0}
+        return {
+            f"{self.prefix}_{phase.lower()}_{CLASS_NAMES[c + 1].lower()}": float(mean[i, c])
+            for i, phase in enumerate(PHASES)
+            for c in range(len(CLASS_NAMES))
+            if self._count[i, c] > 0
+        }

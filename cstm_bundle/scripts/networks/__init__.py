@@ -12,11 +12,33 @@ Paper "scale 4" is stride 16 and "scale 3" is stride 8; names here carry the str
 from .cstm import CSTM, VARIANTS, KeyFeatures, Memory, ValueFeatures, build_cstm, stack_memory
 from .export import PropagationStep
 from .matching import PatchMemoryMatcher, dense_readout, plm_readout
-from .weights import (build_cstm_from_checkpoint, check_recorded_network, read_checkpoint, recorded_roi, save_weights,
-                      state_dict_of, weights_record)
+from .weights import (
+    build_cstm_from_checkpoint,
+    check_recorded_network,
+    read_checkpoint,
+    recorded_roi,
+    save_weights,
+    state_dict_of,
+    weights_record,
+)
 
 __all__ = [
-    "CSTM", "VARIANTS", "KeyFeatures", "Memory", "PatchMemoryMatcher", "PropagationStep", "ValueFeatures", "build_cstm",
-    "build_cstm_from_checkpoint", "check_recorded_network", "dense_readout", "plm_readout", "read_checkpoint",
-    "recorded_roi", "save_weights", "stack_memory", "state_dict_of", "weights_record",
+    "CSTM",
+    "VARIANTS",
+    "KeyFeatures",
+    "Memory",
+    "PatchMemoryMatcher",
+    "PropagationStep",
+    "ValueFeatures",
+    "build_cstm",
+    "build_cstm_from_checkpoint",
+    "check_recorded_network",
+    "dense_readout",
+    "plm_readout",
+    "read_checkpoint",
+    "recorded_roi",
+    "save_weights",
+    "stack_memory",
+    "state_dict_of",
+    "weights_record",
 ]

@@ -86,10 +86,20 @@ class CSTM(nn.Module):
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}.")
         self.num_classes = num_classes
         self.config = dict(
-            num_classes=num_classes, key_block=key_block, key_layers=list(key_layers), key_widths=list(key_widths),
-            value_block=value_block, value_layers=list(value_layers), value_widths=list(value_widths),
-            key_channels=key_channels, value_channels=list(value_channels), decoder_channels=list(decoder_channels),
-            matching_mode=matching_mode, patch_size=patch_size, top_k=top_k, matching_strides=list(matching_strides),
+            num_classes=num_classes,
+            key_block=key_block,
+            key_layers=list(key_layers),
+            key_widths=list(key_widths),
+            value_block=value_block,
+            value_layers=list(value_layers),
+            value_widths=list(value_widths),
+            key_channels=key_channels,
+            value_channels=list(value_channels),
+            decoder_channels=list(decoder_channels),
+            matching_mode=matching_mode,
+            patch_size=patch_size,
+            top_k=top_k,
+            matching_strides=list(matching_strides),
             encoder_norm=encoder_norm,
         )
         """Every argument, as :func:`~.weights.save_weights` records it: ``CSTM(**config)`` rebuilds the network."""
@@ -97,8 +107,14 @@ class CSTM(nn.Module):
         use16, use8 = 16 in self.matcher.strides, 8 in self.matcher.strides
         # only the modules that the read strides use: DDP (find_unused_parameters=False) needs a gradient for each
         self.key_encoder = ResNetEncoder(1, key_block, tuple(key_layers), tuple(key_widths), norm=encoder_norm)
-        self.value_encoder = ResNetEncoder(1 + num_classes, value_block, tuple(value_layers), tuple(value_widths),
-                                           with_stride16=use16, norm=encoder_norm)
+        self.value_encoder = ResNetEncoder(
+            1 + num_classes,
+            value_block,
+            tuple(value_layers),
+            tuple(value_widths),
+            with_stride16=use16,
+            norm=encoder_norm,
+        )
         kc4, kc8, kc16 = self.key_encoder.channels
         _, vc8, vc16 = self.value_encoder.channels
         self.key_proj16 = nn.Conv2d(kc16, key_channels, 3, padding=1) if use16 else None
@@ -118,8 +134,10 @@ class CSTM(nn.Module):
             raise ValueError(f"expected image (B, 1, H, W), got {tuple(image.shape)}.")
         m, smallest = self.size_multiple, self.matcher.min_size
         if any(s % m or s < smallest for s in image.shape[-2:]):
-            raise ValueError(f"image size {tuple(image.shape[-2:])} must be multiples of {m} and at least {smallest}; "
-                             "pad it first.")
+            raise ValueError(
+                f"image size {tuple(image.shape[-2:])} must be multiples of {m} and at least {smallest}; "
+                "pad it first."
+            )
 
     def encode_key(self, image: Tensor) -> KeyFeatures:
         """Key encoder (Siamese: shared by query and memory frames).
@@ -129,8 +147,13 @@ class CSTM(nn.Module):
         """
         self._check_image(image)
         feat = self.key_encoder(image)
-        return KeyFeatures(_project(self.key_proj16, feat.feat16), _project(self.key_proj8, feat.feat8), feat.feat16,
-                           feat.feat8, feat.feat4)
+        return KeyFeatures(
+            _project(self.key_proj16, feat.feat16),
+            _project(self.key_proj8, feat.feat8),
+            feat.feat16,
+            feat.feat8,
+            feat.feat4,
+        )
 
     def encode_value(self, image: Tensor, mask: Tensor, key: KeyFeatures) -> ValueFeatures:
         """Value encoder on image + class probabilities, fused with the frame's key-encoder features (STCN).
@@ -141,10 +164,14 @@ class CSTM(nn.Module):
             key: the same frames' :class:`KeyFeatures`.
         """
         if mask.shape != (image.shape[0], self.num_classes, *image.shape[2:]):
-            raise ValueError(f"expected mask (B, {self.num_classes}, H, W) for image {tuple(image.shape)}, "
-                             f"got {tuple(mask.shape)}.")
+            raise ValueError(
+                f"expected mask (B, {self.num_classes}, H, W) for image {tuple(image.shape)}, "
+                f"got {tuple(mask.shape)}."
+            )
         feat = self.value_encoder(torch.cat([image, mask.to(image.dtype)], 1))
-        return ValueFeatures(_fuse(self.value_fuse16, feat.feat16, key.feat16), _fuse(self.value_fuse8, feat.feat8, key.feat8))
+        return ValueFeatures(
+            _fuse(self.value_fuse16, feat.feat16, key.feat16), _fuse(self.value_fuse8, feat.feat8, key.feat8)
+        )
 
     def segment(self, query: KeyFeatures, memory: Memory) -> Tensor:
         """Read the memory for the query frames and decode their logits.
@@ -197,9 +224,14 @@ def stack_memory(keys: list[KeyFeatures], values: list[ValueFeatures]) -> Memory
 VARIANTS: dict[str, dict] = {
     "full": {},  # the paper's (§3.4): the constructor defaults
     "small": {  # narrow encoders for CPU training and the shipped demo weights
-        "key_block": "basic", "key_layers": (1, 1, 1), "key_widths": (32, 64, 128),
-        "value_block": "basic", "value_layers": (1, 1, 1), "value_widths": (16, 32, 64),
-        "value_channels": (128, 64), "decoder_channels": (128, 64, 64),
+        "key_block": "basic",
+        "key_layers": (1, 1, 1),
+        "key_widths": (32, 64, 128),
+        "value_block": "basic",
+        "value_layers": (1, 1, 1),
+        "value_widths": (16, 32, 64),
+        "value_channels": (128, 64),
+        "decoder_channels": (128, 64, 64),
     },
 }
 

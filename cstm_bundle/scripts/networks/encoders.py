@@ -7,7 +7,6 @@ from typing import Literal, NamedTuple
 from monai.networks.nets import ResNet
 from torch import Tensor, nn
 
-
 GROUPS = 8
 """GroupNorm groups of the "group" encoders (Wu & He 2018 use 32 with 64+ channels; the CPU widths start at 16)."""
 NORMS = {"group": ("group", {"num_groups": GROUPS}), "frozen_batch": "batch"}

@@ -37,11 +37,17 @@ class PropagationStep(nn.Module):
         """
         b, t, h, w = memory_images.shape
         if memory_masks.shape[:2] != (b, t) or memory_masks.shape[3:] != (h, w) or query.shape[-2:] != (h, w):
-            raise ValueError(f"expected query (B, 1, H, W), memory_images (B, T, H, W), memory_masks (B, T, O, H, W); "
-                             f"got {tuple(query.shape)}, {tuple(memory_images.shape)}, {tuple(memory_masks.shape)}.")
+            raise ValueError(
+                f"expected query (B, 1, H, W), memory_images (B, T, H, W), memory_masks (B, T, O, H, W); "
+                f"got {tuple(query.shape)}, {tuple(memory_images.shape)}, {tuple(memory_masks.shape)}."
+            )
         images = memory_images.reshape(b * t, 1, h, w)  # all memory frames through each encoder at once
         key = self.network.encode_key(images)
         value = self.network.encode_value(images, memory_masks.flatten(0, 1), key)
-        memory = Memory(*(f.unflatten(0, (b, t)).transpose(1, 2)  # (B, C, T, h, w), as stack_memory
-                          for f in (key.key16, key.key8, value.value16, value.value8)))
+        memory = Memory(
+            *(
+                f.unflatten(0, (b, t)).transpose(1, 2)  # (B, C, T, h, w), as stack_memory
+                for f in (key.key16, key.key8, value.value16, value.value8)
+            )
+        )
         return self.network.segment(self.network.encode_key(query), memory)

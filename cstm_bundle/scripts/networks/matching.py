@@ -25,7 +25,9 @@ def _check_memory(query_key: Tensor, memory_key: Tensor, memory_value: Tensor) -
     if memory_key.shape[:2] != (b, ck) or memory_key.shape[3:] != (h, w):
         raise ValueError(f"memory_key {tuple(memory_key.shape)} does not match query_key {tuple(query_key.shape)}.")
     if memory_value.shape[0] != b or memory_value.shape[2:] != memory_key.shape[2:]:
-        raise ValueError(f"memory_value {tuple(memory_value.shape)} does not match memory_key {tuple(memory_key.shape)}.")
+        raise ValueError(
+            f"memory_value {tuple(memory_value.shape)} does not match memory_key {tuple(memory_key.shape)}."
+        )
 
 
 def dense_readout(query_key: Tensor, memory_key: Tensor, memory_value: Tensor) -> Tensor:
@@ -80,10 +82,13 @@ def patch_pixels(size: tuple[int, int], patch_size: int, device: torch.device | 
     """
     grid = patch_grid_size(size, patch_size)
     stride = patch_size // 2
-    corner = (torch.arange(grid[0], device=device)[:, None] * stride * size[1]
-              + torch.arange(grid[1], device=device)[None] * stride).flatten()  # (N,)
-    offset = (torch.arange(patch_size, device=device)[:, None] * size[1]
-              + torch.arange(patch_size, device=device)[None]).flatten()  # (P*P,)
+    corner = (
+        torch.arange(grid[0], device=device)[:, None] * stride * size[1]
+        + torch.arange(grid[1], device=device)[None] * stride
+    ).flatten()  # (N,)
+    offset = (
+        torch.arange(patch_size, device=device)[:, None] * size[1] + torch.arange(patch_size, device=device)[None]
+    ).flatten()  # (P*P,)
     return corner[:, None] + offset[None]  # (N, P*P)
 
 
@@ -106,8 +111,15 @@ def topk_memory_patches(query_key: Tensor, memory_key: Tensor, patch_size: int, 
     return affinity.topk(top_k, dim=2).indices  # (B, N, K)
 
 
-def plm_chunk_size(patch_size: int, top_k: int, key_channels: int, value_channels: int, batch_size: int = 1,
-                   element_size: int = 4, chunk_bytes: int = 8 * 2**20) -> int:
+def plm_chunk_size(
+    patch_size: int,
+    top_k: int,
+    key_channels: int,
+    value_channels: int,
+    batch_size: int = 1,
+    element_size: int = 4,
+    chunk_bytes: int = 8 * 2**20,
+) -> int:
     """Query patches that :func:`plm_readout` reads at once so that one chunk's temporaries fit in ``chunk_bytes``.
 
     Per query patch and batch item a chunk holds the gathered keys (C_k + 1, K*P*P) and values (C_v, K*P*P), the
@@ -166,8 +178,11 @@ def plm_readout(
     n, pp = pixels.shape
     if topk_idx is None:
         topk_idx = topk_memory_patches(query_key, memory_key, patch_size, top_k)
-    elif (topk_idx.ndim != 3 or topk_idx.shape[:2] != (b, n)
-          or not 0 <= min(low_high := torch.stack(torch.aminmax(topk_idx)).tolist()) <= max(low_high) < t * n):
+    elif (
+        topk_idx.ndim != 3
+        or topk_idx.shape[:2] != (b, n)
+        or not 0 <= min(low_high := torch.stack(torch.aminmax(topk_idx)).tolist()) <= max(low_high) < t * n
+    ):
         raise ValueError(f"topk_idx {tuple(topk_idx.shape)} does not fit {n} query and {t * n} memory patches.")
     kpp = topk_idx.shape[2] * pp
     if chunk_size is None:
@@ -185,14 +200,14 @@ def plm_readout(
     out = q.new_zeros(b, h * w, cv)  # (B, H*W, C_v)
     for i in range(0, n, chunk_size):
         chunk = min(chunk_size, n - i)
-        selected = memory_pixels[:, i: i + chunk].flatten(1)  # (B, chunk*K*P*P)
+        selected = memory_pixels[:, i : i + chunk].flatten(1)  # (B, chunk*K*P*P)
         k_sel = mk.gather(2, selected[:, None].expand(-1, ck + 1, -1))  # (B, C_k+1, chunk*K*P*P)
         v_sel = mv.gather(2, selected[:, None].expand(-1, cv, -1))  # (B, C_v, chunk*K*P*P)
         k_sel = k_sel.unflatten(2, (chunk, kpp)).movedim(1, 2)  # (B, chunk, C_k+1, K*P*P)
         v_sel = v_sel.unflatten(2, (chunk, kpp)).permute(0, 2, 3, 1)  # (B, chunk, K*P*P, C_v)
-        weights = (query_patches[:, i: i + chunk] @ k_sel).softmax(dim=3)  # (B, chunk, P*P, K*P*P)
+        weights = (query_patches[:, i : i + chunk] @ k_sel).softmax(dim=3)  # (B, chunk, P*P, K*P*P)
         readout = weights @ v_sel  # (B, chunk, P*P, C_v)
-        out.index_add_(1, pixels[i: i + chunk].flatten(), readout.flatten(1, 2).to(out.dtype))
+        out.index_add_(1, pixels[i : i + chunk].flatten(), readout.flatten(1, 2).to(out.dtype))
     count = torch.bincount(pixels.flatten(), minlength=h * w).to(out.dtype)  # (H*W,) patches covering each pixel
     return (out / count[:, None]).transpose(1, 2).unflatten(2, (h, w)), topk_idx  # (B, C_v, H, W)
 
@@ -240,8 +255,9 @@ class PatchMemoryMatcher(nn.Module):
         """Smallest input side: the stride-16 map must hold one P×P patch in ``plm`` mode."""
         return 16 * self.patch_size if self.mode == "plm" else 16
 
-    def forward(self, query_keys: dict[int, Tensor], memory_keys: dict[int, Tensor],
-                memory_values: dict[int, Tensor]) -> dict[int, Tensor]:
+    def forward(
+        self, query_keys: dict[int, Tensor], memory_keys: dict[int, Tensor], memory_values: dict[int, Tensor]
+    ) -> dict[int, Tensor]:
         """Read memory at every configured stride.
 
         Args:

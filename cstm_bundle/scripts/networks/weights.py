@@ -53,8 +53,9 @@ def _load(real_path: str, size: int, mtime_ns: int, shown: str) -> dict[str, Any
     try:
         state = torch.load(real_path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for damaged files
-        raise CSTMInputError(shown, f"cannot be read as a checkpoint ({first_line(e)})",
-                             "a file saved by the training config") from e
+        raise CSTMInputError(
+            shown, f"cannot be read as a checkpoint ({first_line(e)})", "a file saved by the training config"
+        ) from e
     if not isinstance(state, dict):
         raise CSTMInputError(shown, f"holds a {type(state).__name__}, not a state dict", "a model.pt of this bundle")
     return state
@@ -71,12 +72,21 @@ def state_dict_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return checkpoint["model"] if isinstance(checkpoint.get("model"), dict) else checkpoint
 
 
-def weights_record(network: CSTM, variant: str | None = None, roi_size: int | None = None,
-                   roi_spacing: float | None = None, recipe: str | None = None,
-                   params: dict[str, Any] | None = None) -> dict[str, Any]:
+def weights_record(
+    network: CSTM,
+    variant: str | None = None,
+    roi_size: int | None = None,
+    roi_spacing: float | None = None,
+    recipe: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """What :func:`save_weights` stores beside the weights (see the module docstring)."""
-    return {"network": dict(network.config), "variant": variant, "roi": {"roi_size": roi_size, "roi_spacing": roi_spacing},
-            "training": {"recipe": recipe, "params": dict(params or {})}}
+    return {
+        "network": dict(network.config),
+        "variant": variant,
+        "roi": {"roi_size": roi_size, "roi_spacing": roi_spacing},
+        "training": {"recipe": recipe, "params": dict(params or {})},
+    }
 
 
 def save_weights(network: CSTM, path: str | os.PathLike, record: dict[str, Any] | None = None) -> Path:
@@ -109,22 +119,40 @@ def build_cstm_from_checkpoint(
             bare state dict without ``variant``.
     """
     state = read_checkpoint(checkpoint)
-    requested = {k: v for k, v in dict(num_classes=num_classes, matching_mode=matching_mode, patch_size=patch_size,
-                                       top_k=top_k, matching_strides=matching_strides).items() if v is not None}
+    requested = {
+        k: v
+        for k, v in dict(
+            num_classes=num_classes,
+            matching_mode=matching_mode,
+            patch_size=patch_size,
+            top_k=top_k,
+            matching_strides=matching_strides,
+        ).items()
+        if v is not None
+    }
     if "network" not in state:
         if variant is None:
-            raise CSTMInputError(checkpoint, "is a bare state dict that records no architecture",
-                                 f"a model.pt saved by this bundle, or --variant one of {sorted(VARIANTS)}")
+            raise CSTMInputError(
+                checkpoint,
+                "is a bare state dict that records no architecture",
+                f"a model.pt saved by this bundle, or --variant one of {sorted(VARIANTS)}",
+            )
         logger.warning(f"{checkpoint}: no recorded configuration; building variant {variant!r} as configured")
         return build_cstm(variant, **requested)
     recorded = recorded_network(state)
     if variant is not None and state.get("variant") not in (None, variant):
-        raise CSTMInputError(checkpoint, f"was trained as variant {state['variant']!r}, not --variant {variant}",
-                             "no --variant (it is taken from the checkpoint) or a checkpoint of that variant")
+        raise CSTMInputError(
+            checkpoint,
+            f"was trained as variant {state['variant']!r}, not --variant {variant}",
+            "no --variant (it is taken from the checkpoint) or a checkpoint of that variant",
+        )
     for name, value in requested.items():
         if _normalised(recorded.get(name)) != _normalised(value):
-            raise CSTMInputError(checkpoint, f"was trained with {name} {recorded.get(name)!r}, not --{name} {value!r}",
-                                 f"no --{name} (it is taken from the checkpoint) or a checkpoint trained with it")
+            raise CSTMInputError(
+                checkpoint,
+                f"was trained with {name} {recorded.get(name)!r}, not --{name} {value!r}",
+                f"no --{name} (it is taken from the checkpoint) or a checkpoint trained with it",
+            )
     return CSTM(**recorded)
 
 
@@ -145,12 +173,16 @@ def check_recorded_network(network: CSTM, checkpoint: dict[str, Any], path: str 
     recorded = recorded_network(checkpoint)
     for name, value in network.config.items():
         if name in recorded and _normalised(recorded[name]) != _normalised(value):
-            raise CSTMInputError(path, f"was trained with {name} {recorded[name]!r}, the network here has {value!r}",
-                                 f"weights trained with {name} {value!r}, or that setting")
+            raise CSTMInputError(
+                path,
+                f"was trained with {name} {recorded[name]!r}, the network here has {value!r}",
+                f"weights trained with {name} {value!r}, or that setting",
+            )
 
 
-def recorded_roi(checkpoint: str | os.PathLike, roi_size: int | None = None,
-                 roi_spacing: float | None = None) -> dict[str, Any]:
+def recorded_roi(
+    checkpoint: str | os.PathLike, roi_size: int | None = None, roi_spacing: float | None = None
+) -> dict[str, Any]:
     """The heart ROI to infer with: ``roi_size`` / ``roi_spacing`` where given, else the checkpoint's record.
 
     Returns:
@@ -163,8 +195,10 @@ def recorded_roi(checkpoint: str | os.PathLike, roi_size: int | None = None,
     spacing = roi_spacing if roi_spacing is not None else roi.get("roi_spacing")
     if size is None or spacing is None:
         raise CSTMInputError(checkpoint, "records no heart ROI", "--roi_size and --roi_spacing (e.g. 192 and 0.9)")
-    for name, given, kept in (("roi_size", roi_size, roi.get("roi_size")), ("roi_spacing", roi_spacing,
-                                                                           roi.get("roi_spacing"))):
+    for name, given, kept in (
+        ("roi_size", roi_size, roi.get("roi_size")),
+        ("roi_spacing", roi_spacing, roi.get("roi_spacing")),
+    ):
         if given is not None and kept is not None and given != kept:
             logger.warning(f"--{name} {given} differs from the {kept} that {checkpoint} was trained with")
     return {"roi_size": int(size), "spacing": float(spacing)}
@@ -172,4 +206,3 @@ def recorded_roi(checkpoint: str | os.PathLike, roi_size: int | None = None,
 
 def _normalised(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
-
