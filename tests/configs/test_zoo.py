@@ -155,9 +155,13 @@ def test_metadata_has_the_zoo_fields() -> None:
 
 def test_torch_jit_script_is_not_supported() -> None:
     """ckpt_export's default, ``torch.jit.script``, fails on the network's Python-level shape logic (docs/README.md,
-    "TorchScript"); if this starts to pass, drop ``--use_trace`` from the README and this test."""
+    "TorchScript"), and metadata.json says so; if this starts to pass, drop ``--use_trace`` from the README, the
+    metadata's statement and this test."""
     from scripts.networks import build_cstm
 
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["torchscript"]["script"] is False and meta["torchscript"]["trace"] is True
+    assert "--use_trace True" in meta["torchscript"]["note"]
     with pytest.raises(RuntimeError):  # torch.jit.frontend errors are RuntimeErrors
         torch.jit.script(build_cstm("small"))
 
