@@ -210,7 +210,7 @@ def test_verify_metadata_offline(tmp_path: Path) -> None:
 def test_ckpt_export_traced_torchscript(tmp_path: Path) -> None:
     """``torch.jit.script`` (ckpt_export's default) cannot compile the network (docs/README.md, "TorchScript"); the
     traced export of ``network_def`` at the inferer's frame size (roi_size 192) loads and matches the eager network."""
-    from scripts.networks import build_cstm
+    from scripts.networks import build_cstm_from_checkpoint
 
     exported = tmp_path / "model.ts"
     result = _bundle_cli(
@@ -235,7 +235,7 @@ def test_ckpt_export_traced_torchscript(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     traced = torch.jit.load(str(exported), map_location="cpu").eval()
-    network = build_cstm("small", encoder_norm="frozen_batch")  # the shipped 0.4 weights
+    network = build_cstm_from_checkpoint(BUNDLE / "models" / "model.pt")  # as the shipped weights record it
     network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)["model"])
     network.eval()
     torch.manual_seed(0)
