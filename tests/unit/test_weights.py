@@ -34,20 +34,23 @@ def _parser(files: list[str], **overrides: object) -> ConfigParser:
 
 
 @pytest.mark.parametrize(
-    "name, mode, recipe",
+    "name, mode, recipe, norm",
     [
-        ("model.pt", "plm", "train_real.json"),
-        ("model_dense.pt", "dense", "train_real.json"),
-        ("model_phantom.pt", "plm", "train.json"),
+        ("model.pt", "plm", "train_acdc.json", "group"),
+        ("model_dense.pt", "dense", "train_real.json", "frozen_batch"),
+        ("model_phantom.pt", "plm", "train.json", "frozen_batch"),
     ],
 )
-def test_shipped_weights_record_how_they_were_trained(name: str, mode: str, recipe: str) -> None:
+def test_shipped_weights_record_how_they_were_trained(name: str, mode: str, recipe: str, norm: str) -> None:
     state = read_checkpoint(MODELS / name)
     assert state["variant"] == "small" and state["network"]["matching_mode"] == mode
+    assert state["network"]["encoder_norm"] == norm
     assert state["roi"] == {"roi_size": 192, "roi_spacing": 0.9}
     assert state["training"]["recipe"] == recipe and state["training"]["params"]["matching_mode"] == mode
     network = CSTM(**state["network"])
     network.load_state_dict(state["model"])  # strict: the record rebuilds exactly these weights' network
+    if name == "model.pt":  # 0.5.0: both stages of its training are recorded
+        assert [s["recipe"] for s in state["training"]["stages"]] == ["pretrain_static.json", "train_acdc.json"]
 
 
 def test_inference_config_builds_the_network_its_checkpoint_records() -> None:
