@@ -22,7 +22,7 @@ from ..errors import CSTMInputError, find_input_error
 from .dicom import DICOM_DIR, scan_cine_dicom
 from .readers import check_image_file, image_geometry, skipped_folders
 from .study import read_info
-from .transforms import LoadStudyd
+from .transforms import read_annotation
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def check_study(study: Mapping[str, Any]) -> None:
     else:
         shape = check_image_file(image)
     affine, _ = image_geometry(image)
-    LoadStudyd._annotation(folder, read_info(folder), tuple(shape), affine)  # the run's own check, minus the pixels
+    read_annotation(folder, read_info(folder), tuple(shape), affine)  # the run's own check, minus the pixels
 
 
 def describe(error: BaseException, study_dir: str | os.PathLike | None = None) -> str:

@@ -99,26 +99,10 @@ class LoadStudyd(MapTransform):
         info = read_info(d["study_dir"])
         from_affine = base_first_from_affine(affine)
         d["base_first"] = bool(info.get("base_first", True if from_affine is None else from_affine))
-        d.update(self._annotation(Path(d["study_dir"]), info, shape, affine))
+        d.update(read_annotation(Path(d["study_dir"]), info, shape, affine))
         if self.with_labels:
             d.update(self._labels(Path(d["study_dir"]), info, shape, affine))
         return d
-
-    @staticmethod
-    def _annotation(study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
-        path, phase_key, phase_name = annotation_source(study)
-        phase = phase_index(info, phase_key, shape[3], study, path.name)
-        label = read_label(path, shape, affine)
-        candidates = labelled_slices(info, phase_name, shape[2], study) if phase_name else range(shape[2])
-        slices = [z for z in candidates if label[:, :, z].any()]
-        if not slices:
-            raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on at least one slice")
-        if phase_name:  # a slice with every class drawn at this phase, where there is one (per-class slice lists)
-            classes = {z: slice_classes(info, phase_name, z, study) for z in slices}
-            most = set().union(*classes.values())
-            slices = [z for z in slices if classes[z] == most] or slices
-        z = slices[len(slices) // 2]
-        return {"annotation": torch.as_tensor(label[:, :, z]), "annotation_slice": z, "annotation_phase": phase}
 
     def _labels(self, study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
         full = np.full((1, *shape), UNLABELLED, dtype=np.uint8)
@@ -143,6 +127,30 @@ class LoadStudyd(MapTransform):
                     frame[_ambiguous_background(frame, spacing, self.partial_margin_mm)] = UNLABELLED
                 full[0, :, :, z, phase] = frame
         return {"label": torch.as_tensor(full), "ed": info.get("ed", 0), "es": info.get("es", 0)}
+
+
+def read_annotation(study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
+    """The annotated frame of a study (no pixel data of the image needed): ``annotation`` (H, W) uint8,
+    ``annotation_slice`` and ``annotation_phase``, as :class:`LoadStudyd` documents them.
+
+    Args:
+        study: the study folder; info: its ``info.json``; shape: the image's (H, W, Z, T); affine: its (4, 4) affine.
+    Raises:
+        CSTMInputError: no annotation file, a phase outside the image, a label file off the grid, an empty annotation.
+    """
+    path, phase_key, phase_name = annotation_source(study)
+    phase = phase_index(info, phase_key, shape[3], study, path.name)
+    label = read_label(path, shape, affine)
+    candidates = labelled_slices(info, phase_name, shape[2], study) if phase_name else range(shape[2])
+    slices = [z for z in candidates if label[:, :, z].any()]
+    if not slices:
+        raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on at least one slice")
+    if phase_name:  # a slice with every class drawn at this phase, where there is one (per-class slice lists)
+        classes = {z: slice_classes(info, phase_name, z, study) for z in slices}
+        most = set().union(*classes.values())
+        slices = [z for z in slices if classes[z] == most] or slices
+    z = slices[len(slices) // 2]
+    return {"annotation": torch.as_tensor(label[:, :, z]), "annotation_slice": z, "annotation_phase": phase}
 
 
 def _ambiguous_background(frame: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:
