@@ -1,28 +1,45 @@
 """A folder of studies through ``python -m monai.bundle run inference``: a bad study does not stop the good ones
-(``--on_error continue``) unless ``--on_error stop``; ``--skip_done true`` reruns only what is not finished."""
+(``--on_error continue``) unless ``--on_error stop``; ``--skip_done true`` reruns only what is not finished, also after
+the run was killed; ``cohort.csv`` lists every study."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import re
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import run_bundle
-from scripts.data import write_phantom_studies
+from helpers import REPO, bundle_command, run_bundle
+from scripts.data import SaveStudyLabeld, write_phantom_studies
+from scripts.metrics import CardiacOutputsd
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = ["cardiac_function.json", "label_4d.nii.gz", "volumes.csv"]
+OUTPUTS = sorted(
+    p.name
+    for w in (SaveStudyLabeld("pred", "."), CardiacOutputsd("pred", ".", pictures=False))
+    for p in w.output_files("s")
+)
 """What a finished study has with ``--clinical_pictures false``."""
 
 
-def phantoms(folder: Path, names: list[str], seed: int = 7000) -> None:
+def phantoms(folder: Path, names: list[str], seed: int = 7000, num_slices: int = 5, num_phases: int = 6) -> None:
     """Small phantom studies (96 x 96, 5 slices, 6 phases) named ``names``."""
     write_phantom_studies(
-        str(folder / ".src"), num_studies=len(names), seed=seed, image_size=(96, 96), num_slices=5, num_phases=6
+        str(folder / ".src"),
+        num_studies=len(names),
+        seed=seed,
+        image_size=(96, 96),
+        num_slices=num_slices,
+        num_phases=num_phases,
     )
     for i, name in enumerate(names):
         shutil.move(folder / ".src" / f"phantom_{seed + i:03d}", folder / name)
@@ -38,17 +55,22 @@ def with_nan(study: Path) -> None:
 
 
 def infer(data: Path, out: Path, *flags: str):
-    return run_bundle(
-        "inference",
-        "inference.json",
-        "--dataset_dir",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--clinical_pictures",
-        "false",
-        *flags,
-    )
+    return run_bundle("inference", "inference.json", *inference_flags(data, out, *flags))
+
+
+def inference_flags(data: Path, out: Path, *flags: str) -> list[str]:
+    return ["--dataset_dir", str(data), "--output_dir", str(out), "--clinical_pictures", "false", *flags]
+
+
+def read_cohort(out: Path) -> dict[str, dict[str, str]]:
+    """``<out>/cohort.csv`` by study."""
+    with open(out / "cohort.csv", newline="") as f:
+        return {row["study"]: row for row in csv.DictReader(f)}
+
+
+def reported_ef(out: Path, study: str) -> str:
+    """The LV EF of ``cardiac_function.json``, as the CSV writes it."""
+    return str(json.loads((out / study / "cardiac_function.json").read_text())["lv"]["ef_percent"])
 
 
 def test_bad_studies_are_reported_and_the_good_ones_processed(tmp_path: Path) -> None:
@@ -64,7 +86,7 @@ def test_bad_studies_are_reported_and_the_good_ones_processed(tmp_path: Path) ->
     result = infer(data, out)
     log = result.stdout + result.stderr
     assert result.returncode != 0, log[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["a_good", "d_good"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_good", "cohort.csv", "d_good"]
     assert all(sorted(p.name for p in (out / s).iterdir()) == OUTPUTS for s in ("a_good", "d_good"))
     first_write = log.index("4D label map written")
     for name in ("b_corrupt", "e_unzipped"):  # listed up front, before any study is processed
@@ -75,6 +97,19 @@ def test_bad_studies_are_reported_and_the_good_ones_processed(tmp_path: Path) ->
         assert f"failed: {data / name}: " in log, name
     assert f"ERROR: {data}: 3 of 5 studies failed (b_corrupt, c_nan, e_unzipped)" in result.stderr
     assert ".snapshot" not in log
+    cohort = read_cohort(out)  # written although the run failed: every study, with its problem or its numbers
+    assert {s: r["status"] for s, r in cohort.items()} == {
+        "a_good": "processed",
+        "b_corrupt": "failed",
+        "c_nan": "failed",
+        "d_good": "processed",
+        "e_unzipped": "failed",
+    }
+    assert cohort["c_nan"]["error"] == "image.nii.gz: image contains NaN or Inf values; expected finite intensities."
+    assert cohort["c_nan"]["lv_ef_percent"] == "" and "not a study" in cohort["e_unzipped"]["error"]
+    for name in ("a_good", "d_good"):
+        assert cohort[name]["lv_ef_percent"] == reported_ef(out, name) != "", name
+        assert float(cohort[name]["inference_s"]) > 0 and int(cohort[name]["frames"]) == 30, name
 
     # rerun: the bad studies fixed (removed), one new study; the finished ones are left alone
     for name in ("b_corrupt", "c_nan", "e_unzipped"):
@@ -88,8 +123,67 @@ def test_bad_studies_are_reported_and_the_good_ones_processed(tmp_path: Path) ->
     assert result.returncode == 0, log[-3000:]
     assert "a_good: skipped, done already" in log and "d_good: skipped, done already" in log
     assert "1 processed, 2 skipped as done, 0 failed" in log
-    assert {p: p.stat().st_mtime_ns for p in before} == before  # untouched
+    before.pop(out / "cohort.csv")  # the summary, rewritten; the studies' files are untouched
+    assert {p: p.stat().st_mtime_ns for p in before} == before
     assert sorted(p.name for p in (out / "f_new").iterdir()) == OUTPUTS
+    again = read_cohort(out)  # the finished studies read back from their files, beside the new one
+    assert {s: r["status"] for s, r in again.items()} == {
+        "a_good": "skipped_done",
+        "d_good": "skipped_done",
+        "f_new": "processed",
+    }
+    for name in ("a_good", "d_good"):
+        timing = ("frames", "load_s", "inference_s", "postprocessing_s", "fps")
+        assert {k: v for k, v in again[name].items() if k not in timing} == {
+            **{k: v for k, v in cohort[name].items() if k not in timing},
+            "status": "skipped_done",
+        }
+        assert again[name]["inference_s"] == "", name  # not timed: not processed in this run
+    assert again["f_new"]["lv_ef_percent"] == reported_ef(out, "f_new")
+
+
+def test_a_killed_cohort_run_resumes_without_redoing_finished_studies(tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    names = ["s1", "s2", "s3"]
+    phantoms(data, names, seed=7200, num_slices=4, num_phases=4)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        bundle_command("inference", "inference.json", *inference_flags(data, out, "--progress", "true")),
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    seen = []
+    try:
+        for line in proc.stdout:  # s1 is finished, s2 is being loaded
+            seen.append(line)
+            if "study 1/3 (s1): done; elapsed " in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    assert sorted(p.name for p in out.iterdir()) == ["s1"] and not (out / "cohort.csv").exists()
+    finished = {p: p.stat().st_mtime_ns for p in (out / "s1").iterdir()}
+
+    result = infer(data, out, "--skip_done", "true", "--progress", "true")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "s1: skipped, done already" in log and "1 processed" not in log
+    propagated = re.findall(r" - (\w+): 16 frames, load ", log)  # StudyTimer: one line per segmented study
+    assert propagated == ["s2", "s3"], propagated
+    assert [line.split(";")[0] for line in re.findall(r"study \d/\d \(\w+\): \w+;", log)] == [
+        "study 1/2 (s2): done",
+        "study 2/2 (s3): done",
+    ]
+    assert "2 processed, 1 skipped as done, 0 failed" in log
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # s1 untouched
+    cohort = read_cohort(out)
+    assert {s: r["status"] for s, r in cohort.items()} == {"s1": "skipped_done", "s2": "processed", "s3": "processed"}
+    assert all(cohort[s]["lv_ef_percent"] == reported_ef(out, s) for s in names)
 
 
 def test_on_error_stop_stops_at_the_first_bad_study(tmp_path: Path) -> None:

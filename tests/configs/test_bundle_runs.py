@@ -5,14 +5,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
+from pydicom.uid import generate_uid
 
-from dicom_writer import write_cine_dicom
+from dicom_writer import retag, write_cine_dicom
 from helpers import BUNDLE, SHARED_DATA, run_bundle
-from scripts.data import write_phantom_studies
+from scripts.data import scan_cine_dicom, write_phantom_studies
 from scripts.networks import build_cstm_from_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -141,6 +144,7 @@ def test_boolean_flags_do_what_they_say(phantom_studies: Path, tmp_path: Path) -
     assert sorted(p.name for p in (out / study.name).iterdir()) == [
         "cardiac_function.json",
         "label_4d.nii.gz",
+        "report.md",
         "volumes.csv",
     ]
 
@@ -172,7 +176,12 @@ def test_inference_on_a_dicom_series_matches_its_nifti(phantom_studies: Path, tm
     (data / "as_dicom").mkdir()
     for name in ("label_ed.nii.gz", "label_es.nii.gz", "info.json"):
         shutil.copy(source / name, data / "as_dicom" / name)
-    write_cine_dicom(np.asarray(image.dataobj), image.affine, data / "as_dicom" / "dicom", series_per_slice=True)
+    files = write_cine_dicom(
+        np.asarray(image.dataobj), image.affine, data / "as_dicom" / "dicom", series_per_slice=True
+    )
+    uids = {"StudyInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid()}  # one study, as a scanner's
+    for f in files:
+        retag(f, lambda ds: [setattr(ds, name, uid) for name, uid in uids.items()])
     result = run_bundle(
         "inference", "inference.json", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out")
     )
@@ -181,6 +190,14 @@ def test_inference_on_a_dicom_series_matches_its_nifti(phantom_studies: Path, tm
     np.testing.assert_allclose(from_dicom.affine, image.affine, atol=1e-4)
     agree = (np.asarray(from_dicom.dataobj) == np.asarray(from_nifti.dataobj)).mean()
     assert agree > 0.995, agree  # the DICOM pixels are uint16-quantised copies of the NIfTI ones
+    # DICOM out for DICOM in: the SEG's frames, by referenced source instance, are the label map; no SEG for NIfTI
+    assert not (tmp_path / "out" / "as_nifti" / "segmentation.dcm").exists()
+    seg = hd.seg.segread(tmp_path / "out" / "as_dicom" / "segmentation.dcm")
+    series = scan_cine_dicom(data / "as_dicom" / "dicom")
+    instances = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for row in series.files for p in row]
+    pixels = seg.get_pixels_by_source_instance(instances, combine_segments=True)  # (Z*T, H, W), z-major
+    labels = pixels.reshape(*series.shape[2:], *series.shape[:2]).transpose(2, 3, 0, 1)  # (H, W, Z, T)
+    np.testing.assert_array_equal(labels, np.asarray(from_dicom.dataobj))
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "acdc_dev" / "patient001").is_dir(), reason="../shared/data/acdc_dev absent")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from helpers import EVALUATE, SHARED_DATA, run_bundle
+from helpers import BUNDLE, EVALUATE, SHARED_DATA, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +48,27 @@ def test_evaluate_on_phantom_studies(phantom_studies: Path, tmp_path: Path) -> N
     assert [t["study"] for t in summary["timing"]] == studies and all(t["fps"] > 0 for t in summary["timing"])
     assert str(out / "metrics.csv") in result.stdout and str(out / "summary.json") in result.stdout
     assert "Whole heart" in result.stdout and "frames/s" in result.stdout
+    # cardiac function against the ground truth: every quantity per study for the model, ESV/EF for copy-ED (EF 0)
+    function = read_rows(out / "function.csv")
+    quantities = ("lv_ef_percent", "rv_ef_percent", "lv_edv_ml", "lv_esv_ml", "rv_edv_ml", "rv_esv_ml", "lv_mass_g")
+    assert sorted((r["study"], r["quantity"]) for r in function if r["method"] == "model") == sorted(
+        (s, q) for s in studies for q in quantities
+    )
+    copy_ef = [r for r in function if r["method"] == "copy_ed" and r["quantity"].endswith("_ef_percent")]
+    assert len(copy_ef) == 2 * len(studies) and all(float(r["ours"]) == 0.0 for r in copy_ef)
+    assert all(
+        float(r["difference"]) == pytest.approx(float(r["ours"]) - float(r["reference"]), abs=1e-3) for r in function
+    )
+    lv_ef = summary["agreement"]["model"]["lv_ef_percent"]
+    model_ef = [float(r["difference"]) for r in function if (r["method"], r["quantity"]) == ("model", "lv_ef_percent")]
+    assert lv_ef["n"] == len(studies) and lv_ef["mae"] == pytest.approx(
+        sum(map(abs, model_ef)) / len(studies), abs=1e-3
+    )
+    assert lv_ef["mae"] < 15 and summary["agreement"]["copy_ed"]["lv_ef_percent"]["mae"] > 20
+    with Image.open(out / "bland_altman.png") as png:
+        assert png.format == "PNG"
+    assert str(out / "function.csv") in result.stdout and str(out / "bland_altman.png") in result.stdout
+    assert "| all (2) | model |" in result.stdout and "LV EF %" in result.stdout
 
     again = run_bundle("evaluate", EVALUATE, "--dataset_dir", str(phantom_studies), "--output_dir", str(out))
     assert again.returncode != 0
@@ -64,6 +87,9 @@ def test_evaluate_on_sunnybrook_scores_only_annotated_classes(tmp_path: Path) ->
     assert all(r["dice_2d"] != "nan" for r in rows if r["class"] == "LV")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "RV" not in summary["metrics"]["model"]["all"]["whole"]
+    function = {(r["method"], r["quantity"]) for r in read_rows(tmp_path / "function.csv")}
+    assert ("model", "lv_ef_percent") in function and ("model", "lv_mass_g") in function
+    assert not any(q.startswith("rv_") for _, q in function)  # RV not annotated: no function row either
 
 
 def test_inference_writes_clinical_outputs(phantom_studies: Path, tmp_path: Path) -> None:
@@ -159,3 +185,19 @@ def test_evaluate_on_a_split_reports_each_group(phantom_studies: Path, tmp_path:
     ]
     assert hcm == pytest.approx(expected[0], abs=1e-4)
     assert "| HCM (1) | ES | copy_ed |" in result.stdout and "| all (2) | ED | model |" in result.stdout
+    hcm_ef = summary["groups"]["HCM"]["agreement"]["model"]["lv_ef_percent"]
+    function = read_rows(out / "function.csv")
+    expected_ef = [
+        float(r["difference"])
+        for r in function
+        if r["group"] == "HCM" and (r["method"], r["quantity"]) == ("model", "lv_ef_percent")
+    ]
+    assert hcm_ef["n"] == 1 and hcm_ef["bias"] == pytest.approx(expected_ef[0], abs=1e-4)
+    report = subprocess.run(
+        [sys.executable, "-m", "scripts.metrics.report", str(out / "summary.json")],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "| HCM (1) | copy_ed |" in report.stdout and "| all (2) | model |" in report.stdout  # agreement table

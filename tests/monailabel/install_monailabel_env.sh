@@ -9,7 +9,7 @@ root="$(cd "$here/../.." && pwd)"
 venv="${1:-$root/.venv-monailabel}"
 bundle_reqs="$(mktemp)"
 trap 'rm -f "$bundle_reqs"' EXIT
-grep -Ev '^(numpy|pydicom|jsonschema)==' "$root/requirements.txt" > "$bundle_reqs"
+grep -Ev '^(numpy|pydicom|jsonschema|highdicom)==' "$root/requirements.txt" > "$bundle_reqs"
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q -r "$bundle_reqs" -r "$here/requirements-monailabel.txt"
 if ! "$venv/bin/python" -c "import torchvision" 2>/dev/null; then

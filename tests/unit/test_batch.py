@@ -1,17 +1,24 @@
-"""StudyBatch (scripts/data/batch.py): the up-front check of every study, going on past a failed one, skip_done."""
+"""StudyBatch (scripts/data/batch.py): the up-front check of every study, going on past a failed one, skip_done,
+the cohort table (scripts/data/cohort.py), the progress lines and the share of each rank."""
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
 import nibabel as nib
 import pytest
+from ignite.engine import Engine
 from test_bad_inputs import write_study
 
+import scripts.data.batch as batch_module
 from scripts.data import SaveStudyLabeld, StudyBatch, list_studies, skipped_folders
 from scripts.data.batch import FAILED_KEY
+from scripts.data.cohort import TIMING, CohortStudy, cohort_rows, flatten_report, merge_columns
 from scripts.errors import CSTMInputError
 from scripts.metrics import CardiacOutputsd
 
@@ -33,6 +40,13 @@ def dataset(tmp_path: Path) -> Path:
 def make_batch(root: Path, out: Path | None = None, **kwargs) -> StudyBatch:
     writers = [SaveStudyLabeld("pred", out), CardiacOutputsd("pred", out, pictures=False)] if out else []
     return StudyBatch(list_studies(root, check=False), root, transform=lambda item: item, writers=writers, **kwargs)
+
+
+def finish(batch: StudyBatch, study: str, content: str = "done") -> None:
+    """Write every output file of ``study`` (as its writers name them), as a finished earlier run left them."""
+    for path in batch.output_files(study):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
 
 
 def test_bad_studies_are_listed_before_the_run_and_passed_over(dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -70,19 +84,17 @@ def test_skip_done_skips_studies_whose_outputs_all_exist(
     dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    for name, files in (
-        ("good_a", ("label_4d.nii.gz", "volumes.csv", "cardiac_function.json")),
-        ("good_b", ("label_4d.nii.gz",)),
-    ):  # good_b: interrupted after its label map
-        (out / name).mkdir(parents=True)
-        for f in files:
-            (out / name / f).write_text("done")
-    assert [s["study"] for s in make_batch(dataset, out).screen()] == ["good_a", "good_b"]
     batch = make_batch(dataset, out, skip_done=True)
+    finish(batch, "good_a")
+    (out / "good_b").mkdir()
+    (out / "good_b" / "label_4d.nii.gz").write_text("done")  # good_b: interrupted after its label map
+    assert [s["study"] for s in make_batch(dataset, out).screen()] == ["good_a", "good_b"]
     with caplog.at_level(logging.INFO):
         assert [s["study"] for s in batch.screen()] == ["good_b"]
     assert batch.done == ["good_a"] and "good_a: skipped, done already" in caplog.text
-    assert "good_b: not done, 1 of its 3 outputs exist (missing volumes.csv, cardiac_function.json)" in caplog.text
+    names = [p.name for p in batch.output_files("good_b")]
+    assert names[:3] == ["label_4d.nii.gz", "volumes.csv", "cardiac_function.json"]
+    assert f"good_b: not done, 1 of its {len(names)} outputs exist (missing {', '.join(names[1:])})" in caplog.text
 
 
 def test_run_study_records_a_failure_and_goes_on(dataset: Path) -> None:
@@ -127,15 +139,210 @@ def test_load_turns_a_failure_into_a_marker(dataset: Path) -> None:
 
 def test_run_skips_the_evaluator_when_every_study_is_done(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    for name in ("good_a", "good_b"):
-        (out / name).mkdir(parents=True)
-        for f in ("label_4d.nii.gz", "volumes.csv", "cardiac_function.json"):
-            (out / name / f).write_text("done")
     for name in ("bad", "no_annotation", "unzipped"):
         shutil.rmtree(dataset / name)
+    batch = make_batch(dataset, out, skip_done=True, cohort_file=out / "cohort.csv")
+    for name in ("good_a", "good_b"):
+        finish(batch, name, json.dumps({"lv": {"edv_ml": 90.0}}))
 
     class Evaluator:
         def run(self) -> None:
             raise AssertionError("nothing to run")
 
-    make_batch(dataset, out, skip_done=True).run(Evaluator())  # no error: nothing failed, nothing to do
+    batch.run(Evaluator())  # no error: nothing failed, nothing to do
+    assert [(r["study"], r["status"], r["lv_edv_ml"]) for r in read_cohort(out / "cohort.csv")] == [
+        ("good_a", "skipped_done", "90.0"),
+        ("good_b", "skipped_done", "90.0"),
+    ]
+
+
+def test_flatten_report_keeps_the_scalars_in_order_and_merge_columns_keeps_the_reports_order() -> None:
+    report = {
+        "study": "a",
+        "ed_phase": 0,
+        "ed_source": "info.json",
+        "lv": {"edv_ml": 150.0, "ef_percent": None},
+        "volumes_ml": {"lv": [1.0, 2.0]},
+        "flags": ["LV EF 120 %"],
+        "indexed": {"lv": {"edv_ml_per_m2": 80.5}},
+        "conventions": {"slices": "every slice that the propagation labels, no basal interpolation", "gap_mm": 2},
+    }
+    assert flatten_report(report) == {
+        "ed_phase": 0,
+        "ed_source": "info.json",
+        "lv_edv_ml": 150.0,
+        "lv_ef_percent": None,
+        "indexed_lv_edv_ml_per_m2": 80.5,
+        "conventions_gap_mm": 2,
+    }
+    # a study without height lacks the indexed values: they go after the key that precedes them in their own row
+    assert merge_columns([["a", "c", "d"], ["a", "b", "c", "e", "d"], ["f"]]) == ["f", "a", "b", "c", "e", "d"]
+
+
+def test_cohort_rows_list_every_status_with_numbers_flags_and_timing(tmp_path: Path) -> None:
+    def report(name: str, **extra: object) -> Path:
+        path = tmp_path / name / "cardiac_function.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"study": name, "lv": {"ef_percent": 60.0}, "flags": [], **extra}))
+        return path
+
+    timing = {"study": "b", "frames": 30, "load_s": 0.1, "inference_s": 2.0, "postprocessing_s": 0.2, "fps": 15.0}
+    broken = tmp_path / "e" / "cardiac_function.json"
+    broken.parent.mkdir()
+    broken.write_text("{not json")
+    columns, rows = cohort_rows(
+        [
+            CohortStudy("c", "failed", "image.nii.gz: image contains NaN or Inf values."),
+            CohortStudy("b", "processed", reports=[report("b", indexed={"lv_mass_g_per_m2": 41.0})], timing=timing),
+            CohortStudy("a", "skipped_done", reports=[report("a", flags=["LV EF 120.0 % outside [0, 100] %"])]),
+            CohortStudy("e", "skipped_done", reports=[broken]),
+        ]
+    )
+    assert columns == [
+        "study",
+        "status",
+        "error",
+        "num_flags",
+        "flags",
+        "lv_ef_percent",
+        "indexed_lv_mass_g_per_m2",
+    ] + [*TIMING]
+    assert [r["study"] for r in rows] == ["a", "b", "c", "e"]
+    assert rows[0] == {
+        "study": "a",
+        "status": "skipped_done",
+        "error": "",
+        "lv_ef_percent": 60.0,
+        "num_flags": 1,
+        "flags": "LV EF 120.0 % outside [0, 100] %",
+    }
+    assert rows[1]["indexed_lv_mass_g_per_m2"] == 41.0 and rows[1]["fps"] == 15.0 and rows[1]["num_flags"] == 0
+    assert rows[2] == {"study": "c", "status": "failed", "error": "image.nii.gz: image contains NaN or Inf values."}
+    assert rows[3]["error"].startswith("cardiac_function.json: cannot be read (JSONDecodeError")
+
+
+class FakeEvaluator(Engine):
+    """An ignite engine over the screened studies whose iteration is :meth:`StudyBatch.run_study` (as the
+    ``SupervisedEvaluator``'s ``iteration_update``) and whose inference writes a tiny report per study."""
+
+    def __init__(self, batch: StudyBatch, out: Path, fail: str = ""):
+        self.batch, self.out, self.fail = batch, out, fail
+        super().__init__(lambda engine, item: batch.run_study(self, {k: [v] for k, v in item.items()}))
+
+    def _iteration(self, engine: Engine, batch: dict) -> dict:
+        if batch["study"][0] == self.fail:
+            raise RuntimeError("CUDA out of memory")
+        for path in self.batch.output_files(batch["study"][0]):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"study": batch["study"][0], "lv": {"edv_ml": 100.0}, "flags": []}))
+        return {"pred": 1}
+
+    def run(self) -> None:  # a MONAI workflow runs on its own data loader
+        super().run(self.batch.screen())
+
+
+class Timer:
+    def __init__(self, studies: list[str]):
+        self.records = [
+            dict(study=s, frames=30, load_s=0.1, inference_s=2.0, postprocessing_s=0.1, fps=15.0) for s in studies
+        ]
+
+
+def read_cohort(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_the_cohort_table_and_logs_progress(
+    dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    write_study(dataset / "good_c")
+    batch = make_batch(
+        dataset, out, skip_done=True, progress=True, timer=Timer(["good_b"]), cohort_file=out / "cohort.csv"
+    )
+    finish(batch, "good_a", json.dumps({"lv": {"edv_ml": 90.0}, "flags": ["odd"]}))  # finished by an earlier run
+    (out / "cohort.csv").write_text("an earlier table\n")  # a summary: regenerated, whatever --overwrite says
+    with caplog.at_level(logging.INFO), pytest.raises(CSTMInputError, match=r"4 of 6 studies failed"):
+        batch.run(FakeEvaluator(batch, out, fail="good_c"))
+    rows = {r["study"]: r for r in read_cohort(out / "cohort.csv")}
+    assert {name: r["status"] for name, r in rows.items()} == {
+        "bad": "failed",
+        "good_a": "skipped_done",
+        "good_b": "processed",
+        "good_c": "failed",
+        "no_annotation": "failed",
+        "unzipped": "failed",
+    }
+    assert rows["good_a"]["lv_edv_ml"] == "90.0" and rows["good_a"]["flags"] == "odd" and rows["good_a"]["fps"] == ""
+    assert rows["good_b"]["lv_edv_ml"] == "100.0" and rows["good_b"]["num_flags"] == "0"
+    assert rows["good_b"]["inference_s"] == "2.0" and rows["good_b"]["fps"] == "15.0"
+    assert rows["good_c"]["error"] == "RuntimeError: CUDA out of memory" and rows["good_c"]["lv_edv_ml"] == ""
+    assert "cannot be read as NIfTI" in rows["bad"]["error"]
+    lines = [r.getMessage() for r in caplog.records if re.match(r"study \d+/\d+ ", r.getMessage())]
+    assert [line.split(";")[0] for line in lines] == ["study 1/2 (good_b): done", "study 2/2 (good_c): failed"]
+    assert lines[-1].endswith("ETA 0:00:00")
+
+    # without JSON reports (--clinical_outputs false, evaluate.json) there is no table
+    plain = StudyBatch(
+        list_studies(dataset, check=False),
+        dataset,
+        transform=lambda item: item,
+        writers=[SaveStudyLabeld("pred", tmp_path / "plain")],
+        cohort_file=tmp_path / "plain" / "cohort.csv",
+    )
+    with pytest.raises(CSTMInputError):
+        plain.run(FakeEvaluator(plain, tmp_path / "plain"))
+    assert (tmp_path / "plain" / "good_b" / "label_4d.nii.gz").is_file()
+    assert not (tmp_path / "plain" / "cohort.csv").exists()
+
+
+def test_each_rank_takes_its_share_and_rank0_writes_for_all(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two ranks, simulated: each screens all studies and takes every other one (not padded); rank 0 gathers."""
+    for name in ("bad", "no_annotation", "unzipped"):
+        shutil.rmtree(dataset / name)
+    for name in ("good_c", "good_d", "good_e"):
+        write_study(dataset / name)
+    with pytest.raises(ValueError, match="needs an initialized torch.distributed process group"):
+        make_batch(dataset, distributed=True).screen()
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(batch_module.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(batch_module.dist, "get_world_size", lambda: 2)
+    shares, gathered = {}, {}
+    for rank in (1, 0):  # rank 1 first: rank 0 receives what it sent
+        monkeypatch.setattr(batch_module.dist, "get_rank", lambda rank=rank: rank)
+
+        def all_gather_object(parts: list, obj: object, rank: int = rank) -> None:
+            gathered[rank] = obj
+            parts[:] = [gathered.get(0, obj), gathered.get(1, obj)]
+
+        monkeypatch.setattr(batch_module.dist, "all_gather_object", all_gather_object)
+        batch = make_batch(dataset, out, cohort_file=out / "cohort.csv", distributed=True)
+        shares[rank] = [s["study"] for s in batch.screen()]
+        evaluator = FakeEvaluator(batch, out, fail="good_d" if rank == 1 else "")
+        if rank == 1:
+            batch.run(evaluator)  # its failure is rank 0's to report
+        else:
+            with caplog.at_level(logging.INFO), pytest.raises(
+                CSTMInputError, match=r"1 of 5 studies failed \(good_d\)"
+            ):
+                batch.run(evaluator)
+        assert (out / "cohort.csv").exists() == (rank == 0), rank  # after rank 1 is done, by rank 0 only
+    assert shares == {0: ["good_a", "good_c", "good_e"], 1: ["good_b", "good_d"]}
+    monkeypatch.setattr(batch_module.dist, "get_rank", lambda: 1)
+    one = StudyBatch(list_studies(dataset / "good_a", check=False), dataset / "good_a", lambda x: x, distributed=True)
+    assert one.screen() == []  # fewer studies than ranks: rank 0 has the study, rank 1 none
+    rows = {r["study"]: r["status"] for r in read_cohort(out / "cohort.csv")}
+    assert (
+        "batch of 5 studies in" in caplog.text and "4 processed, 0 skipped as done, 1 failed (2 ranks)" in caplog.text
+    )
+    assert rows == {
+        "good_a": "processed",
+        "good_b": "processed",
+        "good_c": "processed",
+        "good_d": "failed",
+        "good_e": "processed",
+    }

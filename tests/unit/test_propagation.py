@@ -153,7 +153,7 @@ def test_memory_bank_is_empty_after_propagate_4d(net: CSTM, monkeypatch: pytest.
 
     monkeypatch.setattr(propagation, "MemoryBank", SpyBank)
     plan = plan_propagation(4, 3, (1, 0))
-    propagate_4d(net, torch.rand(96, 96, 4, 3), blocky_annotation(96, 96), plan, (1, 0), max_batch=4)
+    propagate_4d(net, torch.rand(96, 96, 4, 3), {(1, 0): blocky_annotation(96, 96)}, plan, max_batch=4)
     (bank,) = banks
     assert bank.frames == {}
     assert all(n == 0 for n in bank.readers.values())
@@ -165,7 +165,7 @@ def test_propagate_4d_keeps_the_annotation_and_fills_every_frame(net: CSTM) -> N
     plan = plan_propagation(3, 4, (2, 3))
     ann = blocky_annotation(96, 96)
     trace: list = []
-    labels = propagate_4d(net, torch.rand(96, 96, 3, 4), ann, plan, (2, 3), max_batch=5, trace=trace)
+    labels = propagate_4d(net, torch.rand(96, 96, 3, 4), {(2, 3): ann}, plan, max_batch=5, trace=trace)
     assert labels.shape == (96, 96, 3, 4) and labels.dtype == torch.uint8
     assert torch.equal(labels[..., 2, 3], ann.to(torch.uint8))
     assert sorted(f for _, f, _ in trace) == sorted(plan)
@@ -177,8 +177,8 @@ def test_max_batch_does_not_change_the_labels(net: CSTM) -> None:
     ann = blocky_annotation(96, 96)
     plan = plan_propagation(3, 4, (0, 1), "both", base_first=False)
     traces: list[list] = [[], []]
-    one = propagate_4d(net, image, ann, plan, (0, 1), max_batch=1, trace=traces[0])
-    many = propagate_4d(net, image, ann, plan, (0, 1), max_batch=64, trace=traces[1])
+    one = propagate_4d(net, image, {(0, 1): ann}, plan, max_batch=1, trace=traces[0])
+    many = propagate_4d(net, image, {(0, 1): ann}, plan, max_batch=64, trace=traces[1])
     assert torch.equal(one, many)
     assert sorted(traces[0]) == sorted(traces[1])  # same frames, same levels, same memory
     assert len({lv for lv, _, _ in traces[1]}) < len(traces[1])  # the large batch did share calls
@@ -190,7 +190,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_labels(net: CSTM, mon
     torch.manual_seed(6)
     image, ann = torch.rand(96, 96, 3, 4), blocky_annotation(96, 96)
     plan = plan_propagation(3, 4, (1, 0), "both", base_first=True)
-    serial = propagate_4d(net, image, ann, plan, (1, 0), max_batch=1)
+    serial = propagate_4d(net, image, {(1, 0): ann}, plan, max_batch=1)
     segment, sizes = net.segment, []
 
     def small_device(key, memory):
@@ -200,7 +200,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_labels(net: CSTM, mon
         return segment(key, memory)
 
     monkeypatch.setattr(net, "segment", small_device)
-    chunked = propagate_4d(net, image, ann, plan, (1, 0), max_batch=8)
+    chunked = propagate_4d(net, image, {(1, 0): ann}, plan, max_batch=8)
     assert torch.equal(chunked, serial)
     assert max(sizes) > 2 and 2 in sizes  # it did try large calls, then went on in halves
 

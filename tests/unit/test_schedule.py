@@ -179,16 +179,16 @@ def test_slice_regions(z_count: int, base_first: bool, expected: list[str]) -> N
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"annotated": (7, 0)},
-        {"annotated": (-1, 0)},
-        {"annotated": (0, 5)},
+        {"anchors": (7, 0)},
+        {"anchors": (-1, 0)},
+        {"anchors": (0, 5)},
         {"time_memory_size": 0},
         {"slice_memory_size": 0},
         {"continuity": "diagonal"},
     ],
 )
 def test_invalid_arguments_are_rejected(kwargs: dict) -> None:
-    args = {"num_slices": 7, "num_phases": 5, "annotated": (3, 0), **kwargs}
+    args = {"num_slices": 7, "num_phases": 5, "anchors": (3, 0), **kwargs}
     with pytest.raises(ValueError):
         plan_propagation(**args)
 
@@ -212,3 +212,23 @@ def _check_memory_sizes(time_size: int, slice_size: int) -> None:
 @pytest.mark.parametrize("time_size, slice_size", [(1, 1), (2, 2), (3, 3), (5, 2), (2, 4)])
 def test_memory_sizes(time_size: int, slice_size: int) -> None:
     _check_memory_sizes(time_size, slice_size)
+
+
+def test_backward_plan_mirrors_the_forward_one() -> None:
+    """Backwards through the cycle: the forward plan of the time-mirrored study (t -> -t mod T)."""
+    z_count, t_count = 7, 5
+
+    def mirror(f: Frame) -> Frame:
+        return (f[0], (-f[1]) % t_count)
+
+    for anchors in ([(3, 0)], [(3, 0), (3, 2)], [(1, 0), (5, 3)]):
+        forward = plan_propagation(z_count, t_count, [mirror(a) for a in anchors])
+        backward = plan_propagation(z_count, t_count, anchors, backward=True)
+        assert {mirror(q): tuple(mirror(m) for m in ms) for q, ms in forward.items()} == backward
+
+
+def test_time_direction_weights_favour_the_nearer_direction() -> None:
+    from scripts.inferers.schedule import time_direction_weights
+
+    assert time_direction_weights(5, [0]) == [0.5, 4 / 5, 3 / 5, 2 / 5, 1 / 5]
+    assert time_direction_weights(6, [0, 3]) == [0.5, 2 / 3, 1 / 3, 0.5, 2 / 3, 1 / 3]

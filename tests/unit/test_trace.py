@@ -46,7 +46,7 @@ def test_every_query_reads_the_planned_frames_from_the_bank(annotated: tuple[int
     plan = plan_propagation(z, t, annotated)
     image = (100 * torch.arange(z)[:, None] + torch.arange(t)[None]).float().expand(8, 8, z, t)  # (H, W, Z, T)
     network = FrameIdNetwork()
-    propagate_4d(network, image, torch.zeros(8, 8, dtype=torch.long), plan, annotated, max_batch=3)
+    propagate_4d(network, image, {annotated: torch.zeros(8, 8, dtype=torch.long)}, plan, max_batch=3)
     assert len(network.reads) == z * t - 1
     assert dict(network.reads) == plan
 
@@ -65,7 +65,7 @@ def test_trace_equals_plan(network: torch.nn.Module, annotated: tuple[int, int],
     image = torch.rand(96, 96, z, t)
     annotation = torch.zeros(96, 96, dtype=torch.long)
     annotation[10:30, 10:30] = 3
-    propagate_4d(network, image, annotation, plan, annotated, max_batch=3, trace=trace)
+    propagate_4d(network, image, {annotated: annotation}, plan, max_batch=3, trace=trace)
     assert {q: m for _, q, m in trace} == plan
     assert len(trace) == z * t - 1
     done = {annotated}
@@ -83,6 +83,50 @@ def test_batched_and_frame_by_frame_agree(network: torch.nn.Module) -> None:
     annotation = torch.zeros(96, 96, dtype=torch.long)
     annotation[30:60, 20:50] = 2
     annotation[38:52, 28:42] = 3
-    serial = propagate_4d(network, image, annotation, plan, (1, 0), max_batch=1)
-    batched = propagate_4d(network, image, annotation, plan, (1, 0), max_batch=64)
+    serial = propagate_4d(network, image, {(1, 0): annotation}, plan, max_batch=1)
+    batched = propagate_4d(network, image, {(1, 0): annotation}, plan, max_batch=64)
     assert torch.equal(serial, batched)
+
+
+def _trace(anchors: list[tuple[int, int]], z: int = 5, t: int = 5) -> dict:
+    """What each frame of a (Z, T) study really reads from the bank with these anchors (base first)."""
+    plan = plan_propagation(z, t, anchors)
+    image = (100 * torch.arange(z)[:, None] + torch.arange(t)[None]).float().expand(8, 8, z, t)
+    network = FrameIdNetwork()
+    labels = propagate_4d(network, image, {f: torch.full((8, 8), 1 + i) for i, f in enumerate(anchors)}, plan)
+    for i, (za, ta) in enumerate(anchors):  # anchors come back exactly
+        assert (labels[..., za, ta] == 1 + i).all()
+    reads = dict(network.reads)
+    assert reads == plan and len(network.reads) == z * t - len(anchors)
+    return reads
+
+
+def test_one_anchor_every_frame_reads_it_first():
+    a = (2, 0)
+    reads = _trace([a])
+    assert all(memory[0] == a for memory in reads.values())
+    assert reads[(2, 4)] == (a, (2, 3))  # along t, forwards round the cycle
+    assert reads[(0, 3)] == (a, (1, 3))
+    assert reads[(4, 3)] == (a, (3, 3), (4, 2))  # apex: + its previous phase
+
+
+def test_two_anchors_each_frame_reads_the_anchor_before_it_in_the_cycle():
+    a, b = (2, 0), (2, 3)  # ED and ES of the middle slice
+    reads = _trace([a, b])
+    assert reads[(2, 1)] == (a,) and reads[(2, 2)] == (a, (2, 1))
+    assert reads[(2, 4)] == (b,)  # after ES, from ES: not from ED round the cycle
+    for t in range(5):
+        source = a if t in (0, 1, 2) else b
+        assert reads[(1, t)][0] == source and reads[(0, t)][0] == source
+        assert all(source not in memory[1:] for memory in reads.values())
+    assert not any(a in memory and b in memory for memory in reads.values())  # one anchor per query
+
+
+def test_three_anchors_an_apical_anchor_seeds_its_slice_at_every_phase():
+    a, b, c = (2, 0), (2, 3), (4, 0)  # + an apical slice at ED
+    reads = _trace([a, b, c])
+    assert [reads[(4, t)] for t in range(1, 5)] == [(c,), (c, (4, 1)), (c, (4, 2)), (c, (4, 3))]
+    # slice 3 lies half-way: at ED both neighbours are anchors (lower z wins), elsewhere the middle slice is
+    # nearer along its own chain: it reads slice 2's anchor and frame
+    assert reads[(3, 0)] == (a,) and reads[(3, 3)] == (b,) and reads[(3, 4)] == (b, (2, 4))
+    assert all(memory[0] in (a, b) for (z, _), memory in reads.items() if z < 4)

@@ -1,5 +1,6 @@
 from .batch import StudyBatch, check_study
 from .dicom import CineDicomReader, read_cine_dicom, scan_cine_dicom
+from .dicom_seg import SaveDicomSegd, cine_segmentation
 from .label_app import AnnotationChanneld, CineSliceLabeld
 from .layouts import LAYOUTS, convert_layout, prepare_dataset, read_acdc_cfg
 from .phantom import PhantomStudy, make_phantom_study, write_phantom_studies
@@ -30,11 +31,13 @@ __all__ = [
     "RandFrameJitterd",
     "RandHeartCropd",
     "RandTripletd",
+    "SaveDicomSegd",
     "SaveStudyLabeld",
     "SelectLabelledFramesd",
     "StudyBatch",
     "check_outputs",
     "check_study",
+    "cine_segmentation",
     "convert_layout",
     "list_studies",
     "load_split",

@@ -7,18 +7,28 @@ over (or the run stopped), finished ones skipped on a rerun, and a summary at th
     studies   = batch.screen()                   the valid, unfinished ones; the others listed (before any work)
     dataset   = Dataset(studies, batch.load)     preprocessing; a failure becomes a marker item (no exception)
     evaluator = SupervisedEvaluator(..., iteration_update=batch.run_study)   a failed study is logged and passed over
-    run       = batch.run(evaluator)             evaluator.run(), then the summary; non-zero exit if a study failed
+    run       = batch.run(evaluator)             evaluator.run(), the summary, cohort.csv; non-zero exit if a study failed
+
+Under ``torchrun`` (``multi_gpu_inference.json``, ``distributed=True``) every rank screens every study (the same
+list), :meth:`StudyBatch.screen` returns the rank's share of them, and :meth:`StudyBatch.run` gathers what became of
+each study to rank 0, which logs the summary and writes ``cohort.csv`` once all ranks are done.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import torch.distributed as dist
+from ignite.engine import Events
+from monai.data import DistributedSampler
+
 from ..errors import CSTMInputError, find_input_error
+from .cohort import CohortStudy, write_cohort
 from .dicom import DICOM_DIR, scan_cine_dicom
 from .readers import check_image_file, image_geometry, skipped_folders
 from .study import read_info
@@ -78,6 +88,14 @@ class StudyBatch:
         on_error: "continue": a bad study is listed and passed over, the others processed, and :meth:`run` ends
             with a summary and an error; "stop": the first bad study stops the run with its error.
         skip_done: pass over a study whose outputs (every file of ``writers``) all exist, with a log line.
+        progress: log one line per study, ``study i/N (name): done; elapsed h:mm:ss, ETA h:mm:ss``.
+        timer: the :class:`~scripts.metrics.StudyTimer` of the evaluator, whose records give the cohort's timings.
+        cohort_file: where :meth:`run` writes the cohort table (:mod:`.cohort`), rewritten at the end of every run;
+            only when the writers write a JSON report per study (``cardiac_function.json``: the clinical outputs).
+            None writes none.
+        distributed: each rank of an initialized ``torch.distributed`` process group takes its share of the screened
+            studies (``DistributedSampler``, in order, not padded); rank 0 logs the screening, the summary and writes
+            the cohort table after every rank is done.
     """
 
     def __init__(
@@ -88,14 +106,24 @@ class StudyBatch:
         writers: Iterable[Any] = (),
         on_error: Literal["continue", "stop"] = "continue",
         skip_done: bool = False,
+        progress: bool = False,
+        timer: Any = None,
+        cohort_file: str | os.PathLike | None = None,
+        distributed: bool = False,
     ):
         if on_error not in ("continue", "stop"):
             raise ValueError(f"on_error must be 'continue' or 'stop', got {on_error!r}.")
         self.studies = [dict(s) for s in studies]
         self.dataset_dir = Path(dataset_dir)
         self.transform, self.writers = transform, list(writers)
-        self.on_error, self.skip_done = on_error, skip_done
+        self.on_error, self.skip_done, self.progress, self.timer = on_error, skip_done, progress, timer
+        self.cohort_file = None if cohort_file is None else Path(cohort_file)
+        self.distributed = distributed
+        self.rank, self.world = 0, 1
         self.todo: list[dict[str, Any]] | None = None
+        """Every study to process (valid and, with ``skip_done``, unfinished), on every rank."""
+        self.share: list[dict[str, Any]] | None = None
+        """This rank's share of :attr:`todo` (all of it in one process)."""
         self.done: list[str] = []
         self.failed: dict[str, str] = {}
         """study folder -> problem (one line)."""
@@ -112,15 +140,25 @@ class StudyBatch:
         """Check every study before the run (:func:`check_study`) and list each bad one, one line each (study
         folder and problem); a sub-folder that looks like a study but is not one (``image.nii``) is a bad study too.
 
+        With ``distributed``, every rank screens every study (so all agree on the list) and only rank 0 logs it.
+
         Returns:
-            the studies to process: valid and, with ``skip_done``, not finished. The same list on every call.
+            the studies to process: valid and, with ``skip_done``, not finished; with ``distributed`` this rank's
+            share of them (:attr:`share`). The same list on every call.
         Raises:
             CSTMInputError: with ``on_error="stop"``, the first bad study's error (after listing them all); with
                 "continue", when no study is left to process because all failed: the study's own error for a single
                 study, else a summary.
         """
-        if self.todo is not None:
-            return self.todo
+        if self.share is not None:
+            return self.share
+        if self.distributed:
+            if not (dist.is_available() and dist.is_initialized()):
+                raise ValueError(
+                    "StudyBatch(distributed=True) needs an initialized torch.distributed process group (torchrun "
+                    "with multi_gpu_inference.json, whose 'initialize' creates it)."
+                )
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
         folders = [Path(s["study_dir"]) for s in self.studies]
         bad: list[tuple[str, BaseException]] = []
         if folders and all(f.parent == self.dataset_dir for f in folders):  # listed from dataset_dir (no datalist)
@@ -128,9 +166,10 @@ class StudyBatch:
         todo = []
         for study in self.studies:
             if self.skip_done and self._finished(study["study"]):
-                logger.info(
+                self._log(
+                    logging.INFO,
                     f"{study['study']}: skipped, done already (--skip_done true): "
-                    f"{self.output_files(study['study'])[0].parent}"
+                    f"{self.output_files(study['study'])[0].parent}",
                 )
                 self.done.append(study["study"])
                 continue
@@ -142,29 +181,50 @@ class StudyBatch:
             todo.append(study)
         bad.sort(key=lambda item: item[0])
         for folder, error in bad:
-            logger.error(f"bad study {folder}: {describe(error, folder)}")
+            self._log(logging.ERROR, f"bad study {folder}: {describe(error, folder)}")
             self._record(folder, error)
         if bad and self.on_error == "stop":
             raise bad[0][1]
         if self.skip_done and not self.output_files("any"):
-            logger.warning("--skip_done: the postprocessing writes no per-study file, so no study counts as done")
+            self._log(
+                logging.WARNING, "--skip_done: the postprocessing writes no per-study file, so no study counts as done"
+            )
         if bad:
-            logger.warning(
+            self._log(
+                logging.WARNING,
                 f"{len(bad)} bad {'study' if len(bad) == 1 else 'studies'} listed above will not be "
-                f"processed; {len(todo)} will (--on_error continue)"
+                f"processed; {len(todo)} will (--on_error continue)",
             )
         self.todo = todo
         if bad and not todo and not self.done:
             self._raise_failures()
-        return todo
+        if self.world > 1:  # rank r takes todo[r::world], as MONAI's DistributedSampler deals them: no padding
+            if len(todo) >= self.world:
+                sampler = DistributedSampler(
+                    todo, even_divisible=False, num_replicas=self.world, rank=self.rank, shuffle=False
+                )
+                indices = list(sampler)
+            else:  # the same, for fewer studies than ranks (which the sampler refuses): some ranks have none
+                indices = list(range(self.rank, len(todo), self.world))
+            self.share = [todo[i] for i in indices]
+            logger.info(f"rank {self.rank} of {self.world}: {len(self.share)} of the {len(todo)} studies")
+        else:
+            self.share = todo
+        return self.share
+
+    def _log(self, level: int, message: str) -> None:
+        """Log on rank 0 only (every rank screens the same studies)."""
+        if self.rank == 0:
+            logger.log(level, message)
 
     def _finished(self, study: str) -> bool:
         files = self.output_files(study)
         missing = [p.name for p in files if not p.is_file()]
         if missing and len(missing) < len(files):
-            logger.warning(
+            self._log(
+                logging.WARNING,
                 f"{study}: not done, {len(files) - len(missing)} of its {len(files)} outputs exist (missing "
-                f"{', '.join(missing)}); it is redone only with --overwrite true"
+                f"{', '.join(missing)}); it is redone only with --overwrite true",
             )
         return bool(files) and not missing
 
@@ -216,25 +276,84 @@ class StudyBatch:
             return None
 
     def run(self, evaluator: Any) -> None:
-        """Run ``evaluator`` over the screened studies (none: nothing to run), then log the summary.
+        """Run ``evaluator`` over the screened studies (none: nothing to run), then log the summary and write the
+        cohort table (``cohort_file``). With ``distributed``, each rank runs its share; then rank 0 gathers what
+        became of every study (the other ranks return here) and logs and writes for all.
 
         Raises:
             CSTMInputError: some studies failed (before or during the run): the study's own error when the dataset
-                is one study, else one line counting and naming them (each one's problem is logged above).
+                is one study, else one line counting and naming them (each one's problem is logged above); raised
+                on rank 0 only.
         """
-        todo = self.screen()
-        if todo:
+        share = self.screen()
+        if share:
+            if self.progress:
+                self._attach_progress(evaluator, share)
             evaluator.run()
         else:
-            logger.info("no study left to process")
-        processed = [s["study"] for s in todo if s["study_dir"] not in self.failed]
+            logger.info("no study left to process" + (f" on rank {self.rank}" if self.world > 1 else ""))
+        processed = [s["study"] for s in share if s["study_dir"] not in self.failed]
+        timings = list(getattr(self.timer, "records", ()))
+        if self.world > 1:
+            logger.info(
+                f"rank {self.rank}: {len(processed)} processed, "
+                f"{sum(s['study_dir'] in self.failed for s in share)} failed of its {len(share)} studies"
+            )
+            parts: list[Any] = [None] * self.world
+            dist.all_gather_object(parts, (processed, self.failed, timings))  # also the barrier: every rank is done
+            processed = sorted(name for part in parts for name in part[0])
+            timings = [record for part in parts for record in part[2]]
+            for part in parts:
+                self.failed.update(part[1])
+            if self.rank != 0:
+                return
         logger.info(
             f"batch of {self._total()} studies in {self.dataset_dir}: {len(processed)} processed, "
             f"{len(self.done)} skipped as done, {len(self.failed)} failed"
+            + (f" ({self.world} ranks)" if self.world > 1 else "")
         )
         for folder, problem in sorted(self.failed.items()):
             logger.error(f"failed: {folder}: {problem}")
+        self._write_cohort(processed, timings)
         self._raise_failures()
+
+    def _attach_progress(self, evaluator: Any, share: Sequence[Mapping[str, Any]]) -> None:
+        """Log ``study i/N (name): done|failed; elapsed, ETA`` after each study (one study per iteration, in order)."""
+        start, prefix = time.perf_counter(), f"rank {self.rank}: " if self.world > 1 else ""
+
+        def log_progress(engine: Any) -> None:
+            i = engine.state.iteration
+            study = share[min(i, len(share)) - 1]
+            elapsed = time.perf_counter() - start
+            logger.info(
+                f"{prefix}study {i}/{len(share)} ({study['study']}): "
+                f"{'failed' if study['study_dir'] in self.failed else 'done'}; elapsed {_clock(elapsed)}, "
+                f"ETA {_clock(elapsed / i * (len(share) - i))}"
+            )
+
+        evaluator.add_event_handler(Events.ITERATION_COMPLETED, log_progress)
+
+    def _write_cohort(self, processed: Sequence[str], timings: Sequence[Mapping[str, Any]]) -> None:
+        """``cohort_file``: every study (and every folder that looked like one) with its status, error, reports and
+        timing; not written when the writers write no JSON report (``--clinical_outputs false``, evaluate.json)."""
+        if self.cohort_file is None or not any(p.suffix == ".json" for p in self.output_files("any")):
+            return
+        names = {s["study_dir"]: s["study"] for s in self.studies}
+        timing = {str(r.get("study")): r for r in timings}
+        done, ran = set(self.done), set(processed)
+        entries = []
+        for folder in sorted(set(names) | set(self.failed)):
+            name = names.get(folder, Path(folder).name)
+            reports = [p for p in self.output_files(name) if p.suffix == ".json"]
+            if folder in self.failed:
+                entries.append(CohortStudy(name, "failed", self.failed[folder]))
+            elif name in done:
+                entries.append(CohortStudy(name, "skipped_done", reports=reports))
+            elif name in ran:
+                entries.append(CohortStudy(name, "processed", reports=reports, timing=timing.get(name)))
+            else:
+                entries.append(CohortStudy(name, "not_run", "the run ended before this study"))
+        write_cohort(self.cohort_file, entries)
 
     def _raise_failures(self) -> None:
         if not self.failed:
@@ -255,3 +374,9 @@ class StudyBatch:
     def _total(self) -> int:
         """The studies, and the folders that look like studies but are not (:func:`~.readers.skipped_folders`)."""
         return len({s["study_dir"] for s in self.studies} | set(self.failed))
+
+
+def _clock(seconds: float) -> str:
+    """``h:mm:ss``."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -271,6 +271,71 @@ def read_cine_dicom(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return volume, series.affine
 
 
+class CineTags(NamedTuple):
+    """The patient and timing tags of a cine series that clinical reports use; None where no image has a usable value.
+
+    Patient and per-image tags are the median over the images that carry a positive number (an empty, zero or
+    unreadable value counts as absent: anonymised exports blank PatientSize/PatientWeight or write 0).
+    """
+
+    patient_size_m: float | None
+    """PatientSize (0010,1020), metres."""
+    patient_weight_kg: float | None
+    """PatientWeight (0010,1030), kg."""
+    slice_thickness_mm: float | None
+    """SliceThickness (0018,0050): the excited slab, not the centre-to-centre slice spacing."""
+    nominal_interval_ms: float | None
+    """NominalInterval (0018,1062): the average R-R interval the scanner gated on."""
+    heart_rate_bpm: float | None
+    """HeartRate (0018,1088)."""
+    trigger_times_ms: np.ndarray | None
+    """(Z, T) TriggerTime (0018,1060) of ``files[z][t]`` in :func:`scan_cine_dicom`'s order; None without them."""
+
+
+_TAG_NAMES = ("PatientSize", "PatientWeight", "SliceThickness", "NominalInterval", "HeartRate", "TriggerTime")
+
+
+def read_cine_tags(folder: str | os.PathLike) -> CineTags:
+    """The :class:`CineTags` of a cine series folder, from its headers (no pixel data is read).
+
+    Raises:
+        CSTMInputError: as :func:`scan_cine_dicom`.
+    """
+    import pydicom
+
+    series = scan_cine_dicom(folder)
+    headers = [
+        [pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_TAG_NAMES)) for path in phases]
+        for phases in series.files
+    ]  # (Z, T)
+    flat = [ds for phases in headers for ds in phases]
+
+    def median(name: str) -> float | None:
+        values = [v for v in (_positive(ds, name) for ds in flat) if v is not None]
+        return float(np.median(values)) if values else None
+
+    times = None
+    if all("TriggerTime" in ds for ds in flat):  # scan_cine_dicom allows all or none
+        times = np.array([[float(ds.TriggerTime) for ds in phases] for phases in headers])  # (Z, T)
+    return CineTags(
+        median("PatientSize"),
+        median("PatientWeight"),
+        median("SliceThickness"),
+        median("NominalInterval"),
+        median("HeartRate"),
+        times,
+    )
+
+
+def _positive(ds: Any, name: str) -> float | None:
+    """The tag ``name`` of ``ds`` as a positive float, or None (absent, empty, 0 or not a number)."""
+    try:
+        value = float(ds.get(name, None))
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
 class CineDicomReader(ImageReader):
     """A MONAI ``ImageReader`` for :func:`read_cine_dicom`: ``LoadImaged(keys, reader=CineDicomReader())`` reads a
     series folder into a (H, W, Z, T) ``MetaTensor`` with its RAS affine; NIfTI files go to the next reader.

@@ -36,7 +36,7 @@ class AnnotationChanneld(MapTransform):
     Args:
         keys: the image key; the image a cine slice (1, H, W, T) after ``LoadImaged`` + ``EnsureChannelFirstd``.
         annotation_key: the item holding the annotation's path: labels 0-3 on the image's (H, W, T) grid, 0 except on
-            the annotated phase (the first labelled phase is used).
+            the annotated phases; every labelled phase is an anchor (a correction sent back with the earlier ones).
     Returns:
         the image as (2, H, W, T): intensities, then annotation labels.
     Raises:
@@ -90,7 +90,9 @@ class AnnotationChanneld(MapTransform):
                     path, f"annotation values {shown} outside {list(LABEL_VALUES)}", "0 background, 1 RV, 2 Myo, 3 LV"
                 )
             if not (values > 0).any():
-                raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on one phase")
+                raise CSTMInputError(
+                    path, "annotation is empty (no labelled pixel)", "labels 1-3 on one or more phases"
+                )
             d[key] = torch.cat([image, label.as_tensor()[None].to(image.dtype)])  # keeps the image's meta
         return d
 

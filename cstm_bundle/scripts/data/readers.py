@@ -285,15 +285,18 @@ def base_first_from_affine(affine: np.ndarray, min_cosine: float = 0.8) -> bool 
     return None if abs(cosine) < min_cosine else cosine > 0
 
 
-def read_label(path: str | os.PathLike, image_shape: tuple[int, ...], image_affine: np.ndarray) -> np.ndarray:
-    """A 3D label volume on the image grid.
+def read_label(
+    path: str | os.PathLike, image_shape: tuple[int, ...], image_affine: np.ndarray, phases: bool = False
+) -> np.ndarray:
+    """A 3D label volume on the image grid (with ``phases``, a 4D one: a label per frame).
 
     Args:
         path: the label NIfTI.
         image_shape: (H, W, Z, T) of the study image.
         image_affine: (4, 4) affine of the study image.
+        phases: expect (H, W, Z, T), the image's shape.
     Returns:
-        (H, W, Z) uint8 labels in {0, 1, 2, 3}.
+        (H, W, Z) (or (H, W, Z, T)) uint8 labels in {0, 1, 2, 3}.
     Raises:
         CSTMInputError: unreadable file, other grid or affine, or values outside {0, 1, 2, 3}.
     """
@@ -304,12 +307,11 @@ def read_label(path: str | os.PathLike, image_shape: tuple[int, ...], image_affi
         raise CSTMInputError(
             path, f"cannot be read as NIfTI ({_reason(e, path)})", "a readable .nii.gz label file"
         ) from e
-    if data.ndim == 4 and data.shape[3] == 1:
+    if data.ndim == 4 and data.shape[3] == 1 and not phases:
         data = data[..., 0]
-    if data.shape != tuple(image_shape[:3]):
-        raise CSTMInputError(
-            path, f"label shape {data.shape} is not on the image grid", f"shape {tuple(image_shape[:3])}"
-        )
+    expected = tuple(image_shape[:4] if phases else image_shape[:3])
+    if data.shape != expected:
+        raise CSTMInputError(path, f"label shape {data.shape} is not on the image grid", f"shape {expected}")
     if not np.allclose(img.affine, image_affine, atol=1e-3):
         raise CSTMInputError(path, "label affine differs from the image affine", "the image's grid and affine")
     values = np.unique(data)

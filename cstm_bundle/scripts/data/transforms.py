@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Hashable, Mapping
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -15,6 +16,7 @@ from monai.transforms import MapTransform, Rand2DElasticd, RandAffined, Randomiz
 from scipy.ndimage import distance_transform_edt
 
 from ..errors import CSTMInputError
+from ..inferers.schedule import Frame, slice_regions
 from ..io import save_nifti
 from .readers import base_first_from_affine, image_geometry, read_label, study_image
 from .roi import crop_resize, foreground_center, heart_box
@@ -47,10 +49,13 @@ class LoadStudyd(MapTransform):
     Expects the image at ``keys`` as (1, H, W, Z, T) (after ``LoadImaged`` + ``EnsureChannelFirstd``) and the
     ``study_dir`` item from :func:`~.readers.list_studies`. Adds:
 
-    - ``annotation`` (H, W) uint8: labels of the annotated frame, from ``annotation.nii.gz`` (phase
-      ``info["annotated_phase"]``) if present, else from ``label_ed`` at phase ``info["ed"]``; the slice is the middle
-      one of the non-empty labelled slices (of those drawing every class, where per-class slice lists leave some out).
+    - ``annotation`` (H, W) uint8: labels of the primary annotated frame, from ``annotation.nii.gz`` (phase
+      ``info["annotated_phase"]``, or a 4D file) if present, else from ``label_ed`` at phase ``info["ed"]``; the slice
+      is the middle one of the non-empty labelled slices (of those drawing every class, where per-class slice lists
+      leave some out).
     - ``annotation_slice``, ``annotation_phase``: z_a and t_a.
+    - ``anchor_frames`` (N, 2) long and ``anchor_labels`` (N, H, W) uint8: every annotated frame (every labelled
+      frame of ``annotation.nii.gz``; from the ground truth, ``reference_anchors`` of them): :func:`read_annotation`.
     - ``image_spacing``: (2,) in-plane spacing in mm of rows and columns, from the affine.
     - ``base_first``: z = 0 is the most basal slice: ``info["base_first"]`` if given, else from an oblique scanner
       affine (:func:`~.readers.base_first_from_affine`), else True (the ACDC and M&Ms convention).
@@ -69,16 +74,23 @@ class LoadStudyd(MapTransform):
         with_labels: also load the ED/ES labels (training, validation, evaluation).
         partial_margin_mm: width of the unlabelled band around the drawn structures of a partially labelled phase;
             None leaves the labels as drawn.
+        reference_anchors: without ``annotation.nii.gz``, how many annotated frames to take from the ground truth
+            (:data:`REFERENCE_ANCHORS`: 1 the ED middle slice, the paper's setting; 2 + ES; 3 + an ED apical slice).
     Raises:
         CSTMInputError: wrong dimensionality, NaN/Inf or constant image, missing or empty annotation, bad label files.
     """
 
     def __init__(
-        self, keys: KeysCollection = "image", with_labels: bool = False, partial_margin_mm: float | None = None
+        self,
+        keys: KeysCollection = "image",
+        with_labels: bool = False,
+        partial_margin_mm: float | None = None,
+        reference_anchors: int = 1,
     ):
         super().__init__(keys)
         self.with_labels = with_labels
         self.partial_margin_mm = partial_margin_mm
+        self.reference_anchors = reference_anchors
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -99,7 +111,7 @@ class LoadStudyd(MapTransform):
         info = read_info(d["study_dir"])
         from_affine = base_first_from_affine(affine)
         d["base_first"] = bool(info.get("base_first", True if from_affine is None else from_affine))
-        d.update(read_annotation(Path(d["study_dir"]), info, shape, affine))
+        d.update(read_annotation(Path(d["study_dir"]), info, shape, affine, self.reference_anchors, d["base_first"]))
         if self.with_labels:
             d.update(self._labels(Path(d["study_dir"]), info, shape, affine))
         return d
@@ -129,28 +141,116 @@ class LoadStudyd(MapTransform):
         return {"label": torch.as_tensor(full), "ed": info.get("ed", 0), "es": info.get("es", 0)}
 
 
-def read_annotation(study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
-    """The annotated frame of a study (no pixel data of the image needed): ``annotation`` (H, W) uint8,
-    ``annotation_slice`` and ``annotation_phase``, as :class:`LoadStudyd` documents them.
+REFERENCE_ANCHORS = ("ED middle slice", "ES middle slice", "ED apical slice")
+"""The annotated frames taken from the ground truth, in order, when a study has no ``annotation.nii.gz``
+(``reference_anchors`` of :func:`read_annotation`: the first 1, 2 or 3)."""
+
+
+def read_annotation(
+    study: Path,
+    info: dict[str, Any],
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    reference_anchors: int = 1,
+    base_first: bool = True,
+) -> dict[str, Any]:
+    """The annotated frames of a study (no pixel data of the image needed), as :class:`LoadStudyd` documents them:
+    ``annotation`` (H, W) uint8, ``annotation_slice`` and ``annotation_phase`` of the primary frame, and every
+    annotated frame as ``anchor_frames`` (N, 2) long (z, t) and ``anchor_labels`` (N, H, W) uint8.
+
+    - ``annotation.nii.gz``: every labelled frame is an anchor: a 3D file labels slices of phase
+      ``info["annotated_phase"]``, a 4D file (H, W, Z, T) any frames. The primary frame is the middle labelled slice
+      of the first labelled phase.
+    - else the ground truth ``label_ed.nii.gz``: the middle labelled slice at ED (of those drawing every class, where
+      per-class slice lists leave some out); with ``reference_anchors`` 2 also the same slice at ES, with 3 also the
+      middle labelled slice of the apical third at ED (:data:`REFERENCE_ANCHORS`), each where the truth has it.
 
     Args:
         study: the study folder; info: its ``info.json``; shape: the image's (H, W, Z, T); affine: its (4, 4) affine.
+        reference_anchors: how many of :data:`REFERENCE_ANCHORS` to take from the ground truth (1-3).
+        base_first: z = 0 is the most basal slice (which slices are apical).
     Raises:
         CSTMInputError: no annotation file, a phase outside the image, a label file off the grid, an empty annotation.
     """
     path, phase_key, phase_name = annotation_source(study)
-    phase = phase_index(info, phase_key, shape[3], study, path.name)
-    label = read_label(path, shape, affine)
-    candidates = labelled_slices(info, phase_name, shape[2], study) if phase_name else range(shape[2])
-    slices = [z for z in candidates if label[:, :, z].any()]
-    if not slices:
-        raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on at least one slice")
-    if phase_name:  # a slice with every class drawn at this phase, where there is one (per-class slice lists)
-        classes = {z: slice_classes(info, phase_name, z, study) for z in slices}
-        most = set().union(*classes.values())
-        slices = [z for z in slices if classes[z] == most] or slices
-    z = slices[len(slices) // 2]
-    return {"annotation": torch.as_tensor(label[:, :, z]), "annotation_slice": z, "annotation_phase": phase}
+    if phase_name is None and _label_ndim(path) == 4:
+        volume = read_label(path, shape, affine, phases=True)  # (H, W, Z, T)
+        anchors = {(z, t): volume[:, :, z, t] for z, t in zip(*np.nonzero(volume.any(axis=(0, 1))), strict=True)}
+        if not anchors:
+            raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on at least one frame")
+        first = min(t for _, t in anchors)
+        zs = sorted(z for z, t in anchors if t == first)
+        primary = (zs[len(zs) // 2], first)
+    else:
+        phase = phase_index(info, phase_key, shape[3], study, path.name)
+        label = read_label(path, shape, affine)
+        candidates = labelled_slices(info, phase_name, shape[2], study) if phase_name else range(shape[2])
+        slices = [z for z in candidates if label[:, :, z].any()]
+        if not slices:
+            raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on at least one slice")
+        if phase_name:  # a slice with every class drawn at this phase, where there is one (per-class slice lists)
+            classes = {z: slice_classes(info, phase_name, z, study) for z in slices}
+            most = set().union(*classes.values())
+            slices = [z for z in slices if classes[z] == most] or slices
+        primary = (slices[len(slices) // 2], phase)
+        if phase_name is None:  # the user's annotation: every labelled slice
+            anchors = {(z, phase): label[:, :, z] for z in candidates if label[:, :, z].any()}
+        else:
+            anchors = {primary: label[:, :, primary[0]]}
+            anchors.update(
+                _reference_anchors(study, info, shape, affine, label, primary, slices, reference_anchors, base_first)
+            )
+    frames = sorted(anchors)
+    return {
+        "annotation": torch.as_tensor(anchors[primary]),
+        "annotation_slice": primary[0],
+        "annotation_phase": primary[1],
+        "anchor_frames": torch.as_tensor(frames, dtype=torch.long).reshape(-1, 2),
+        "anchor_labels": torch.as_tensor(np.stack([anchors[f] for f in frames])),
+    }
+
+
+def _label_ndim(path: Path) -> int:
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:  # read_label reports it
+        return 3
+    return 4 if len(shape) == 4 and shape[3] > 1 else 3
+
+
+def _reference_anchors(
+    study: Path,
+    info: dict[str, Any],
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    label_ed: np.ndarray,
+    primary: Frame,
+    ed_slices: list[int],
+    count: int,
+    base_first: bool,
+) -> dict[Frame, np.ndarray]:
+    """The ES middle and ED apical anchors of :data:`REFERENCE_ANCHORS` (beyond the first), where the truth has them."""
+    if not 1 <= count <= len(REFERENCE_ANCHORS):
+        raise ValueError(f"reference_anchors must be 1-{len(REFERENCE_ANCHORS)}, got {count}.")
+    anchors: dict[Frame, np.ndarray] = {}
+    z_a, ed = primary
+    es_file = study / label_file("es")
+    if count >= 2 and es_file.is_file() and "es" in info:
+        es = phase_index(info, "es", shape[3], study, es_file.name)
+        label_es = read_label(es_file, shape, affine)
+        drawn = slice_classes(info, "ed", z_a, study) <= slice_classes(info, "es", z_a, study)
+        if es != ed and drawn and z_a in labelled_slices(info, "es", shape[2], study) and label_es[:, :, z_a].any():
+            anchors[(z_a, es)] = label_es[:, :, z_a]
+    if count >= 3:
+        regions = slice_regions(shape[2], base_first)
+        apical = [z for z in ed_slices if regions[z] == "apex" and z != z_a]
+        if apical:
+            z = apical[len(apical) // 2]
+            anchors[(z, ed)] = label_ed[:, :, z]
+    missing = count - 1 - len(anchors)
+    if missing:
+        logger.info(f"{study}: {missing} of {count} reference anchors not in the ground truth; {len(anchors) + 1} used")
+    return anchors
 
 
 def _ambiguous_background(frame: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:

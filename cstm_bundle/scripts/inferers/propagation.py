@@ -1,11 +1,12 @@
-"""4D propagation inferer (paper §3.3): one annotated frame in, a (H, W, Z, T) label map out."""
+"""4D propagation inferer (paper §3.3): one or more annotated frames in, a (H, W, Z, T) label map out."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from itertools import groupby
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,9 @@ from torch import Tensor
 
 from ..data.roi import crop_resize, foreground_center, heart_box, paste_probabilities
 from ..networks.cstm import CSTM
+from .cleanup import clean_up
 from .memory import MemoryBank
-from .schedule import Continuity, Frame, Plan, dependency_levels, plan_propagation
+from .schedule import Continuity, Frame, Plan, dependency_levels, plan_propagation, time_direction_weights
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +52,8 @@ def crop_padding(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
 def propagate_4d(
     network: CSTM,
     image: Tensor,
-    annotation: Tensor,
+    anchors: Mapping[Frame, Tensor],
     plan: Plan,
-    annotated: Frame,
     max_batch: int = 32,
     amp: bool = False,
     progress: bool = False,
@@ -62,40 +63,45 @@ def propagate_4d(
     """Segment every frame of one study by executing ``plan`` with ``network``.
 
     Every frame is key-encoded once, as a query; frames that later queries read are value-encoded once, from their
-    predicted class probabilities (one-hot for the annotation). Frames whose memory is ready are predicted together, in
+    predicted class probabilities (one-hot for an anchor). Frames whose memory is ready are predicted together, in
     batches of at most ``max_batch``.
 
     Args:
         network: a :class:`~scripts.networks.CSTM`, in eval mode.
         image: (H, W, Z, T) normalised intensities, H and W multiples of ``network.size_multiple``.
-        annotation: (H, W) integer labels in [0, O) of the annotated frame.
-        plan: query frame -> memory frames.
-        annotated: (z_a, t_a).
+        anchors: annotated frame (z, t) -> its (H, W) integer labels in [0, O); the plan's anchors.
+        plan: query frame -> memory frames (:func:`~.schedule.plan_propagation` of the same anchors).
         max_batch: most query frames per network call (bounds memory; halved automatically on CUDA out-of-memory).
         amp: autocast the network (float16 on CUDA, bfloat16 on CPU).
         progress: log one line per propagation level.
         trace: if given, receives one (level, query frame, memory frames read) per prediction, in execution order.
         probabilities: if given, a (Z, T, O, H, W) tensor that receives every frame's class probabilities (one-hot
-            for the annotation), e.g. float16 to map them back from the heart ROI.
+            for the anchors), e.g. float16 to map them back from the heart ROI.
     Returns:
-        labels (H, W, Z, T), uint8.
+        labels (H, W, Z, T), uint8; the anchors' labels as given.
     """
+    if not anchors:
+        raise ValueError("expected at least one annotated frame in anchors, got none.")
     device = image.device
     frames = image.permute(2, 3, 0, 1).unsqueeze(2)  # (Z, T, 1, H, W)
     labels = torch.zeros(image.shape, dtype=torch.uint8, device=device)  # (H, W, Z, T)
-    labels[..., annotated[0], annotated[1]] = annotation.to(torch.uint8)
-    if probabilities is not None:
-        probabilities[annotated] = F.one_hot(annotation.long(), network.num_classes).permute(2, 0, 1)
+    known = list(anchors)
+    onehot = torch.stack(
+        [F.one_hot(anchors[f].to(device).long(), network.num_classes).permute(2, 0, 1) for f in known]
+    ).float()  # (A, O, H, W)
+    for f, one in zip(known, onehot, strict=True):
+        labels[..., f[0], f[1]] = anchors[f].to(device=device, dtype=torch.uint8)
+        if probabilities is not None:
+            probabilities[f] = one
     bank = MemoryBank(plan)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-        img = frames[annotated][None]  # (1, 1, H, W)
+        img = torch.stack([frames[f] for f in known])  # (A, 1, H, W)
         key = network.encode_key(img)
-        onehot = F.one_hot(annotation.long(), network.num_classes).permute(2, 0, 1)[None].float()  # (1, O, H, W)
         value = network.encode_value(img, onehot, key)
-        bank.add([annotated], key.key16, key.key8, *value)
-        levels = dependency_levels(plan, annotated)
+        bank.add(known, key.key16, key.key8, *value)
+        levels = dependency_levels(plan, known)
         start = time.perf_counter()
         for i, level in enumerate(levels):
             # queries that read the same number of memory frames share one batch
@@ -168,10 +174,11 @@ def _predict_within_memory(
 
 
 def annotated_frame(labels: Tensor) -> tuple[Tensor, int, int]:
-    """The annotated frame of an annotation channel: labels (H, W, Z, T), 0 outside the annotated frames.
+    """The primary annotated frame of an annotation channel: labels (H, W, Z, T), 0 outside the annotated frames.
 
     The rule :class:`~scripts.data.LoadStudyd` applies to ``annotation.nii.gz``: the first phase with a labelled pixel,
-    and of its labelled slices the middle one.
+    and of its labelled slices the middle one. It centres the heart ROI; every labelled frame is an anchor
+    (:func:`labelled_frames`).
 
     Returns:
         (H, W) labels of that frame, its slice z_a and phase t_a.
@@ -187,12 +194,20 @@ def annotated_frame(labels: Tensor) -> tuple[Tensor, int, int]:
     return labels[:, :, z, t], z, t
 
 
+def labelled_frames(labels: Tensor) -> dict[Frame, Tensor]:
+    """Every labelled frame of an annotation channel, labels (H, W, Z, T): {(z, t): (H, W) labels}."""
+    labelled = (labels.flatten(0, 1).amax(0) > 0).nonzero().tolist()  # [[z, t], ...]
+    return {(z, t): labels[:, :, z, t] for z, t in labelled}
+
+
 class Propagation4DInferer(Inferer):
     """Paper Fig. 5: along t in the annotated slice, then along z at every phase (phases batched).
 
     Called by MONAI's ``SupervisedEvaluator`` as ``inferer(image, network, annotation=..., annotation_slice=...,
-    annotation_phase=..., image_spacing=...)``, or, as MONAI Label's inference tasks call an inferer, as
-    ``inferer(inputs, network)`` with the annotation as a second input channel (see :meth:`__call__`). With
+    annotation_phase=..., image_spacing=..., anchor_frames=..., anchor_labels=...)``, or, as MONAI Label's inference
+    tasks call an inferer, as ``inferer(inputs, network)`` with the annotation as a second input channel (see
+    :meth:`__call__`). Every annotated frame is an anchor of the schedule (:func:`~.schedule.plan_propagation`); the
+    primary one (``annotation``) centres the heart ROI. With
     ``roi_size`` set, every frame is cropped to a square of
     ``roi_size * spacing`` mm around the annotated heart and resampled to ``roi_size`` pixels (see
     :mod:`scripts.data.roi`); the labels are mapped back onto the input grid, background outside the ROI. Without it,
@@ -209,6 +224,11 @@ class Propagation4DInferer(Inferer):
         max_batch: most query frames per network call.
         amp: autocast (float16 on CUDA, bfloat16 on CPU).
         progress: log one line per propagation level.
+        largest_component: keep each class's largest 3D connected component per phase (:func:`~.cleanup.clean_up`).
+        fill_holes: fill each class's holes per frame (:func:`~.cleanup.clean_up`).
+        time_direction: "forward" (paper): along t forwards through the cycle from each anchor; "both": also
+            backwards, the two class probabilities fused per phase by their distance to the anchors
+            (:func:`~.schedule.time_direction_weights`); twice the network calls.
     """
 
     def __init__(
@@ -222,8 +242,13 @@ class Propagation4DInferer(Inferer):
         max_batch: int = 32,
         amp: bool = False,
         progress: bool = False,
+        largest_component: bool = False,
+        fill_holes: bool = False,
+        time_direction: Literal["forward", "both"] = "forward",
     ):
         super().__init__()
+        if time_direction not in ("forward", "both"):
+            raise ValueError(f"time_direction must be 'forward' or 'both', got {time_direction!r}.")
         self.continuity = continuity
         self.time_memory_size = time_memory_size
         self.slice_memory_size = slice_memory_size
@@ -233,17 +258,28 @@ class Propagation4DInferer(Inferer):
         self.max_batch = max_batch
         self.amp = amp
         self.progress = progress
+        self.largest_component = largest_component
+        self.fill_holes = fill_holes
+        self.time_direction = time_direction
 
-    def plan(self, num_slices: int, num_phases: int, annotated: Frame, base_first: bool = True) -> Plan:
+    def plan(
+        self,
+        num_slices: int,
+        num_phases: int,
+        anchors: Frame | list[Frame],
+        base_first: bool = True,
+        backward: bool = False,
+    ) -> Plan:
         """The propagation plan for one study; see :func:`~.schedule.plan_propagation`."""
         return plan_propagation(
             num_slices,
             num_phases,
-            annotated,
+            anchors,
             self.continuity,
             self.time_memory_size,
             self.slice_memory_size,
             base_first if self.base_first is None else self.base_first,
+            backward,
         )
 
     def __call__(
@@ -255,6 +291,8 @@ class Propagation4DInferer(Inferer):
         annotation_phase: Any = None,
         image_spacing: Any = None,
         base_first: Any = True,
+        anchor_frames: Tensor | None = None,
+        anchor_labels: Tensor | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> Tensor:
@@ -262,10 +300,14 @@ class Propagation4DInferer(Inferer):
 
         Args:
             inputs: (B, 1, H, W, Z, T) normalised images; or, without ``annotation``, (B, 2, H, W, Z, T): the image and
-                an annotation channel, 0 except on the annotated frame(s) (:func:`annotated_frame` picks one).
+                an annotation channel, 0 except on the annotated frames (each labelled frame is an anchor;
+                :func:`annotated_frame` picks the primary one).
             network: the CSTM network.
-            annotation: (B, H, W) labels of the annotated frames.
+            annotation: (B, H, W) labels of the primary annotated frame of each study.
             annotation_slice, annotation_phase: (B,) tensors or ints, z_a and t_a of each study.
+            anchor_frames: (B, N, 2) long, the (z, t) of every annotated frame (the primary one among them); None: the
+                primary frame is the only one.
+            anchor_labels: (B, N, H, W) their labels.
             image_spacing: (B, 2) in-plane spacing (mm) of rows and columns; needed with ``roi_size``, taken from the
                 affine when ``inputs`` is a ``MetaTensor``.
             base_first: (B,) per-study slice order, used unless the inferer's ``base_first`` is set.
@@ -284,7 +326,15 @@ class Propagation4DInferer(Inferer):
             frames = [annotated_frame(channel.round().long()) for channel in channels]  # (labels, z_a, t_a) each
             annotation = torch.stack([f[0] for f in frames])
             annotation_slice, annotation_phase = [f[1] for f in frames], [f[2] for f in frames]
+            study_anchors = [labelled_frames(channel.round().long()) for channel in channels]
             inputs = inputs[:, :1]
+        elif anchor_frames is not None and anchor_labels is not None:
+            study_anchors = [
+                {(int(z), int(t)): lab for (z, t), lab in zip(fs.reshape(-1, 2).tolist(), labs, strict=True)}
+                for fs, labs in zip(anchor_frames, anchor_labels, strict=True)
+            ]
+        else:
+            study_anchors = None
         if inputs.ndim != 6 or inputs.shape[1] != 1:
             raise ValueError(f"expected inputs (B, 1, H, W, Z, T), got {tuple(inputs.shape)}.")
         if self.roi_size is not None and (image_spacing is None or self.roi_size % network.size_multiple):
@@ -296,16 +346,16 @@ class Propagation4DInferer(Inferer):
         for b in range(inputs.shape[0]):
             image = inputs[b, 0].float().permute(2, 3, 0, 1)  # (Z, T, H, W)
             ann = annotation[b].reshape(annotation.shape[-2:])  # (H, W)
-            if ann.min() < 0 or ann.max() >= network.num_classes:
-                raise ValueError(
-                    f"annotation values {torch.unique(ann).tolist()} outside 0..{network.num_classes - 1} "
-                    f"(0 bg, 1 RV, 2 Myo, 3 LV)."
-                )
             annotated = (int(z_a[b]), int(t_a[b]))
-            plan = self.plan(image.shape[0], image.shape[1], annotated, bool(base[b]))
+            given = {annotated: ann} if study_anchors is None else {annotated: ann, **study_anchors[b]}
+            for f, lab in given.items():
+                _check_labels(lab, f, network.num_classes)
             if self.roi_size is None:
                 frames, pad = pad_to_multiple(image, network.size_multiple, network.matcher.min_size)
-                ann_in, _ = pad_to_multiple(ann, network.size_multiple, network.matcher.min_size)
+                anchors_in = {
+                    f: pad_to_multiple(lab, network.size_multiple, network.matcher.min_size)[0]
+                    for f, lab in given.items()
+                }
             else:
                 box = heart_box(
                     foreground_center(ann),
@@ -314,29 +364,54 @@ class Propagation4DInferer(Inferer):
                     self.spacing,
                 )
                 frames = crop_resize(image, box, self.roi_size)  # (Z, T, S, S)
-                ann_in = crop_resize(ann[None, None], box, self.roi_size, "nearest")[0, 0]  # (S, S)
-            probs = (
-                None
-                if self.roi_size is None
-                else frames.new_zeros((*frames.shape[:2], network.num_classes, *frames.shape[2:]), dtype=torch.float16)
-            )  # (Z, T, O, S, S)
+                anchors_in = {
+                    f: crop_resize(lab[None, None], box, self.roi_size, "nearest")[0, 0] for f, lab in given.items()
+                }  # (S, S) each
+            labels, probs = self._propagate(network, frames, anchors_in, bool(base[b]))  # (Z, T[, O], S, S)
+            if self.roi_size is None:
+                labels = crop_padding(labels, pad)
+            else:  # back onto the input grid from the probabilities, one slice at a time (bounds memory)
+                labels = torch.stack([paste_probabilities(per_slice, box, image.shape[-2:]) for per_slice in probs])
+            labels = clean_up(labels, network.num_classes, self.largest_component, self.fill_holes)
+            for f, lab in given.items():  # the annotated frames are given, not predicted
+                labels[f] = lab.to(labels)
+            out.append(labels.permute(2, 3, 0, 1))  # (H, W, Z, T)
+        return torch.stack(out)[:, None]
+
+    def _propagate(
+        self, network: CSTM, frames: Tensor, anchors: dict[Frame, Tensor], base_first: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Propagate the anchors through frames (Z, T, S, S) in ``time_direction``.
+
+        Returns:
+            labels (Z, T, S, S) uint8 and class probabilities (Z, T, O, S, S) float16.
+        """
+        num_slices, num_phases = frames.shape[:2]
+        results = []
+        for backward in [False, True] if self.time_direction == "both" else [False]:
+            probs = frames.new_zeros((*frames.shape[:2], network.num_classes, *frames.shape[2:]), dtype=torch.float16)
+            plan = self.plan(num_slices, num_phases, list(anchors), base_first, backward)
             labels = propagate_4d(
                 network,
                 frames.permute(2, 3, 0, 1),
-                ann_in,
+                anchors,
                 plan,
-                annotated,
                 self.max_batch,
                 self.amp,
                 self.progress,
                 probabilities=probs,
-            ).permute(
-                2, 3, 0, 1
-            )  # (Z, T, S, S)
-            if probs is None:
-                labels = crop_padding(labels, pad)
-            else:  # back onto the input grid from the probabilities, one slice at a time (bounds memory)
-                labels = torch.stack([paste_probabilities(per_slice, box, image.shape[-2:]) for per_slice in probs])
-            labels[annotated] = ann.to(labels)  # the annotated frame is given, not predicted
-            out.append(labels.permute(2, 3, 0, 1))  # (H, W, Z, T)
-        return torch.stack(out)[:, None]
+            )
+            results.append((labels.permute(2, 3, 0, 1), probs))
+        if len(results) == 1:
+            return results[0]
+        w = results[0][1].new_tensor(time_direction_weights(num_phases, [t for _, t in anchors]))
+        fused = results[0][1] * w[None, :, None, None, None] + results[1][1] * (1 - w)[None, :, None, None, None]
+        return fused.argmax(2).to(torch.uint8), fused
+
+
+def _check_labels(labels: Tensor, frame: Frame, num_classes: int) -> None:
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"annotation values {torch.unique(labels).tolist()} outside 0..{num_classes - 1} (0 bg, 1 RV, 2 Myo, "
+            f"3 LV) on frame {frame}."
+        )

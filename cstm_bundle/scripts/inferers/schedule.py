@@ -8,6 +8,7 @@ lets the executor batch every frame whose memory is ready (:func:`dependency_lev
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 Frame = tuple[int, int]
@@ -34,9 +35,9 @@ def slice_regions(num_slices: int, base_first: bool = True) -> list[Region]:
     return ordered if base_first else ordered[::-1]
 
 
-def _phase_order(num_phases: int, start: int) -> list[int]:
-    """Phases after ``start`` in propagation order, wrapping around the cardiac cycle."""
-    return [(start + i) % num_phases for i in range(1, num_phases)]
+def _phase_order(num_phases: int, start: int, step: int = 1) -> list[int]:
+    """Phases after ``start`` in propagation order (``step`` -1: backwards), wrapping around the cardiac cycle."""
+    return [(start + step * i) % num_phases for i in range(1, num_phases)]
 
 
 def _slice_order(num_slices: int, start: int) -> list[int]:
@@ -50,16 +51,27 @@ def _chain(anchor: Frame, previous: list[Frame], size: int) -> tuple[Frame, ...]
     return (anchor, *recent)
 
 
+def as_anchors(anchors: Frame | Iterable[Frame]) -> list[Frame]:
+    """The anchors (annotated frames) as a sorted list without duplicates; one frame ``(z, t)`` is one anchor."""
+    if isinstance(anchors, tuple) and len(anchors) == 2 and all(isinstance(i, int) for i in anchors):
+        anchors = [anchors]
+    frames = sorted({(int(z), int(t)) for z, t in anchors})
+    if not frames:
+        raise ValueError("expected at least one annotated frame (z, t), got none.")
+    return frames
+
+
 def plan_propagation(
     num_slices: int,
     num_phases: int,
-    annotated: Frame,
+    anchors: Frame | Iterable[Frame],
     continuity: Continuity = "both",
     time_memory_size: int = 2,
     slice_memory_size: int = 2,
     base_first: bool = True,
+    backward: bool = False,
 ) -> Plan:
-    """Which memory frames every frame of a (Z, T) study reads, in propagation order.
+    """Which memory frames every frame of a (Z, T) study reads, in propagation order, from one or more anchors.
 
     ``continuity="both"`` (paper): along t in the annotated slice (memory: annotated frame + previous phases, T_max =
     ``time_memory_size``), then at every phase along z outwards to base and apex (memory: annotated frame + neighbour
@@ -67,62 +79,119 @@ def plan_propagation(
     (T_max + 1, paper: 3). ``"spatial"``: the same without that temporal memory. ``"temporal"``: along z at the
     annotated phase, then along t in every slice from its first frame (memory: that frame + previous phases).
 
+    Several anchors (annotated frames) generalise this; one anchor is exactly the paper's schedule:
+
+    - along t, in every slice that holds an anchor: each phase is propagated forwards from the anchor of that slice
+      that precedes it most closely in the cycle (the nearest in the direction of propagation), whose chain stops at
+      the next anchor;
+    - along z, at every phase: the slices that hold an anchor are the seeds (their frame at that phase is an anchor or
+      on an anchor's chain along t); every other slice is propagated from the nearest seed (ties: a seed that is an
+      anchor at this phase, then the lower z), outwards, and its first memory frame is the anchor behind that seed.
+      Every query thus reads the anchor that it is nearest to along its propagation path, and no other anchor;
+    - phases are visited in cycle order from the first anchor's phase (the apex slices' temporal frame is the
+      previous phase in that order, none at the first).
+
+    With ``"temporal"``: along z at every anchored phase from that phase's anchors, then along t in every slice from
+    the nearest preceding frame so obtained.
+
     Args:
         num_slices: Z.
         num_phases: T.
-        annotated: (z_a, t_a), the annotated frame.
+        anchors: the annotated frame (z_a, t_a), or several.
         continuity: "both", "spatial" or "temporal" (paper Table 7).
         time_memory_size: memory frames when propagating along t, the anchor included (paper: 2).
         slice_memory_size: memory frames when propagating along z, the anchor included (paper: 2).
         base_first: z = 0 is the most basal slice (decides which slices are apex).
+        backward: propagate along t backwards through the cycle (t_a - 1, t_a - 2, ...): the same rules with the
+            phase order reversed (the other direction of :func:`time_direction_weights`).
     Returns:
-        ordered dict query frame -> memory frames (anchor first).
+        ordered dict query frame -> memory frames (anchor first); every frame but the anchors is a query.
     Raises:
-        ValueError: the annotated frame lies outside the study, or a memory size is < 1, or continuity is unknown.
+        ValueError: an anchor lies outside the study, or none is given, or a memory size is < 1, or continuity is
+            unknown.
     """
-    z_a, t_a = annotated
-    if not (0 <= z_a < num_slices and 0 <= t_a < num_phases):
+    frames = as_anchors(anchors)
+    outside = [f for f in frames if not (0 <= f[0] < num_slices and 0 <= f[1] < num_phases)]
+    if outside:
         raise ValueError(
-            f"annotated frame {annotated} lies outside a study of {num_slices} slices × {num_phases} phases."
+            f"annotated frame {outside[0]} lies outside a study of {num_slices} slices × {num_phases} phases."
         )
     if time_memory_size < 1 or slice_memory_size < 1:
         raise ValueError(f"memory sizes must be >= 1, got {time_memory_size} and {slice_memory_size}.")
     if continuity not in ("both", "spatial", "temporal"):
         raise ValueError(f"continuity must be 'both', 'spatial' or 'temporal', got {continuity!r}.")
-    anchor = (z_a, t_a)
-    phases = _phase_order(num_phases, t_a)
-    slices = _slice_order(num_slices, z_a)
+    anchor_set = set(frames)
+    step = -1 if backward else 1
+    first_phase = min(frames, key=lambda f: (f[1], f[0]))[1]
+    phase_order = [first_phase, *_phase_order(num_phases, first_phase, step)]
     plan: Plan = {}
+    source: dict[Frame, Frame] = {f: f for f in frames}  # frame -> the anchor behind it
 
-    def along_t(z: int, first: Frame) -> None:
-        done = [first]
-        for t in phases:
-            plan[(z, t)] = _chain(first, done, time_memory_size)
-            done.append((z, t))
+    def along_t(z: int, starts: list[int]) -> None:
+        """Slice z along t, each phase from the nearest preceding start phase (its frame is known)."""
+        for p in starts:
+            first, done = (z, p), [(z, p)]
+            for t in _phase_order(num_phases, p, step):
+                if t in starts:
+                    break
+                plan[(z, t)] = _chain(first, done, time_memory_size)
+                source[(z, t)] = source[first]
+                done.append((z, t))
 
-    def along_z(t: int, temporal: bool, regions: list[Region]) -> None:
-        done: dict[int, list[Frame]] = {}
-        for z in slices:
-            side = done.setdefault(1 if z > z_a else -1, [(z_a, t)])
-            memory = _chain(anchor, side, slice_memory_size)
-            if temporal and regions[z] == "apex" and t != t_a:
-                memory = (*memory, (z, (t - 1) % num_phases))
-            plan[(z, t)] = memory
-            side.append((z, t))
+    def along_z(t: int, seeds: list[int], temporal: bool, regions: list[Region]) -> None:
+        """Phase t along z from the seed slices, each slice from the nearest seed, outwards."""
+        nearest = {
+            z: min(seeds, key=lambda s: (abs(z - s), (s, t) not in anchor_set, s))
+            for z in range(num_slices)
+            if z not in seeds
+        }
+        for s in seeds:
+            for side in (range(s + 1, num_slices), range(s - 1, -1, -1)):
+                done = [(s, t)]
+                for z in side:
+                    if nearest.get(z) != s:
+                        break
+                    memory = _chain(source[(s, t)], done, slice_memory_size)
+                    if temporal and regions[z] == "apex" and t != first_phase:
+                        memory = (*memory, (z, (t - step) % num_phases))
+                    plan[(z, t)] = memory
+                    source[(z, t)] = source[(s, t)]
+                    done.append((z, t))
 
     if continuity == "temporal":
-        along_z(t_a, False, [])
+        anchored_phases = sorted({t for _, t in frames}, key=phase_order.index)
+        for t in anchored_phases:
+            along_z(t, sorted(z for z, p in frames if p == t), False, [])
         for z in range(num_slices):
-            along_t(z, (z, t_a))
+            along_t(z, anchored_phases)
     else:
         regions = slice_regions(num_slices, base_first)
-        along_t(z_a, anchor)
-        for t in [t_a, *phases]:
-            along_z(t, continuity == "both", regions)
+        seeds = sorted({z for z, _ in frames})
+        for z in seeds:
+            along_t(z, sorted((t for s, t in frames if s == z), key=phase_order.index))
+        for t in phase_order:
+            along_z(t, seeds, continuity == "both", regions)
     return plan
 
 
-def dependency_levels(plan: Plan, known: Frame) -> list[list[Frame]]:
+def time_direction_weights(num_phases: int, anchor_phases: Iterable[int]) -> list[float]:
+    """Weight of the forward propagation at every phase when forward and backward class probabilities are fused:
+    ``d_b / (d_f + d_b)``, with ``d_f`` / ``d_b`` the number of phases from the nearest anchor phase going forwards /
+    backwards through the cycle (the nearer direction counts more; 0.5 at an anchor phase).
+
+    Returns:
+        T weights in [0, 1]; the backward propagation gets ``1 - w``.
+    """
+    phases = set(anchor_phases)
+    weights = []
+    for t in range(num_phases):
+        d_f = min((t - p) % num_phases for p in phases)
+        d_b = min((p - t) % num_phases for p in phases)
+        weights.append(0.5 if d_f + d_b == 0 else d_b / (d_f + d_b))
+    return weights
+
+
+def dependency_levels(plan: Plan, known: Frame | Iterable[Frame]) -> list[list[Frame]]:
     """Group the plan's frames into levels whose memory frames all lie in earlier levels (or are ``known``).
 
     Frames of one level are independent and can be predicted as one batch; with the paper's plan all phases of a slice
@@ -130,11 +199,11 @@ def dependency_levels(plan: Plan, known: Frame) -> list[list[Frame]]:
 
     Args:
         plan: from :func:`plan_propagation` (ordered so memory frames precede their queries).
-        known: the annotated frame, level -1.
+        known: the annotated frame(s), level -1.
     Returns:
         lists of frames, in execution order.
     """
-    level: dict[Frame, int] = {known: -1}
+    level: dict[Frame, int] = dict.fromkeys(as_anchors(known), -1)
     for query, memory in plan.items():
         level[query] = 1 + max(level[m] for m in memory)
     levels: list[list[Frame]] = [[] for _ in range(1 + max(level.values(), default=-1))]

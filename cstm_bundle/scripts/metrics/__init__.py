@@ -1,5 +1,15 @@
-"""Evaluation (Dice / HD95 by region, paper Table 1), clinical outputs (volumes, EF, mass, pictures), timing."""
+"""Evaluation (Dice / HD95 by region, paper Table 1; agreement of EF, volumes, mass with the truth), clinical outputs
+(volumes, EF, mass, pictures), timing."""
 
+from .agreement import (
+    QUANTITIES,
+    agreement_rows,
+    agreement_stats,
+    bland_altman_figure,
+    format_agreement_table,
+    function_values,
+    summarize_agreement,
+)
 from .cardiac import CardiacOutputsd, cardiac_function, phase_volumes, voxel_volume_ml
 from .report import (
     EvaluationReport,
@@ -16,19 +26,26 @@ from .validation import PhaseClassDice
 __all__ = [
     "CLASS_NAMES",
     "EMPTY_BOTH",
+    "QUANTITIES",
     "CardiacOutputsd",
     "EvaluationReport",
     "PhaseClassDice",
     "StudyTimer",
+    "agreement_rows",
+    "agreement_stats",
+    "bland_altman_figure",
     "cardiac_function",
     "check_evaluation_outputs",
     "dice_hd95",
+    "format_agreement_table",
     "format_group_table",
     "format_table",
+    "function_values",
     "grid_diagonal",
     "load_models",
     "phase_volumes",
     "score_phase",
     "scored_slices",
+    "summarize_agreement",
     "voxel_volume_ml",
 ]

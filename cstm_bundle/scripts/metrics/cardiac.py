@@ -20,9 +20,11 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy as to_numpy
 
+from ..data.dicom import DICOM_DIR, CineTags, read_cine_tags
 from ..data.readers import image_geometry, study_image
 from ..data.study import read_info
 from ..io import save_json, write_atomic
+from .clinical_report import clinical_context, format_report
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ VOLUMES_FILE = "volumes.csv"
 FUNCTION_FILE = "cardiac_function.json"
 PICTURE_FILES = ("volume_curve.png", "montage.png", "middle_slice.gif")
 """What :func:`~.pictures.write_pictures` writes."""
+REPORT_FILE = "report.md"
+"""The readable report (:func:`~.clinical_report.format_report`), written last."""
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
@@ -142,12 +146,16 @@ class CardiacOutputsd(MapTransform):
     """Write the clinical outputs of a predicted 4D label map next to it, in ``<output_dir>/<study>/``:
 
     - ``volumes.csv``: phase, LV / RV blood and LV myocardial volume in mL (one row per phase);
-    - ``cardiac_function.json``: :func:`cardiac_function` plus the voxel volume, the study and ``flags``
-      (:func:`sanity_flags`: what makes the numbers suspect, also logged as warnings);
-    - with ``pictures``: ``volume_curve.png``, ``montage.png``, ``middle_slice.gif`` (:mod:`.pictures`).
+    - ``cardiac_function.json``: :func:`cardiac_function` plus the voxel volume, the study, ``flags``
+      (:func:`sanity_flags`: what makes the numbers suspect, also logged as warnings), and the clinical context of
+      :func:`~.clinical_report.clinical_context` (body size and indexed values, heart rate and cardiac output from
+      the DICOM tags of a DICOM study, ``ed_es_source``, ``conventions``);
+    - with ``pictures``: ``volume_curve.png``, ``montage.png``, ``middle_slice.gif`` (:mod:`.pictures`);
+    - ``report.md``: the same numbers to read (:func:`~.clinical_report.format_report`), linking the pictures.
 
     ED / ES: ``phases="info"`` takes ``info.json``'s ``ed`` / ``es`` where given, else the largest / smallest LV volume;
-    ``phases="volume"`` always takes the volume curve. Every file is written atomically and its path logged.
+    ``phases="volume"`` always takes the volume curve. Height and weight come from ``info.json`` in both modes.
+    Every file is written atomically and its path logged.
 
     Args:
         keys: the prediction key, (1, H, W, Z, T).
@@ -181,33 +189,36 @@ class CardiacOutputsd(MapTransform):
             return d
         labels = to_numpy(d[self.first_key(d)])[0]  # (H, W, Z, T)
         study_dir = Path(d["study_dir"])
-        voxel_ml = voxel_volume_ml(study_affine(d, self.image_key))
-        info = read_info(study_dir) if self.phases == "info" else {}
-        result = cardiac_function(labels, voxel_ml, info.get("ed"), info.get("es"))
+        affine = study_affine(d, self.image_key)
+        voxel_ml = voxel_volume_ml(affine)
+        info = read_info(study_dir)
+        phases = (info.get("ed"), info.get("es")) if self.phases == "info" else (None, None)
+        result = cardiac_function(labels, voxel_ml, *phases)
         result["flags"] = sanity_flags(result, labels)
+        result = clinical_context(
+            {"study": d["study"], "voxel_volume_ml": voxel_ml, "myocardial_density_g_per_ml": MYOCARDIAL_DENSITY}
+            | result,
+            info,
+            dicom_tags(study_dir),
+            affine,
+            study_dir,
+        )
         folder = self.output_dir / d["study"]
         written = [self._write_volumes(result, folder / VOLUMES_FILE)]
-        written.append(
-            save_json(
-                {
-                    "study": d["study"],
-                    "voxel_volume_ml": voxel_ml,
-                    "myocardial_density_g_per_ml": MYOCARDIAL_DENSITY,
-                    **result,
-                },
-                folder / FUNCTION_FILE,
-                self.overwrite,
-            )
-        )
+        written.append(save_json(result, folder / FUNCTION_FILE, self.overwrite))
         if self.pictures:
             from .pictures import write_pictures
 
             written += write_pictures(to_numpy(d[self.image_key])[0], labels, result, folder, self.overwrite)
+        report = format_report(result, PICTURE_FILES if self.pictures else ())
+        written.append(write_atomic(folder / REPORT_FILE, lambda tmp: Path(tmp).write_text(report), self.overwrite))
         lv, rv = result["lv"], result["rv"]
         logger.info(
             f"{d['study']}: LV EDV {lv['edv_ml']:.1f} mL, ESV {lv['esv_ml']:.1f} mL, EF {_pct(lv['ef_percent'])}; "
             f"RV EDV {rv['edv_ml']:.1f} mL, ESV {rv['esv_ml']:.1f} mL, EF {_pct(rv['ef_percent'])}; "
-            f"LV mass {result['lv_mass_g']:.1f} g (ED t={result['ed_phase']}, ES t={result['es_phase']})"
+            f"LV mass {result['lv_mass_g']:.1f} g (ED t={result['ed_phase']}, ES t={result['es_phase']}, "
+            f"{result['ed_es_source']})"
+            + ("" if result["heart_rate_bpm"] is None else f"; heart rate {result['heart_rate_bpm']:.0f} bpm")
         )
         for flag in result["flags"]:
             logger.warning(f"{d['study']}: SUSPECT RESULT: {flag} (cardiac_function.json 'flags')")
@@ -217,7 +228,9 @@ class CardiacOutputsd(MapTransform):
 
     def output_files(self, study: str) -> list[Path]:
         """The files that this transform writes for ``study`` (none when disabled), in the order it writes them."""
-        names = (VOLUMES_FILE, FUNCTION_FILE) + (PICTURE_FILES if self.pictures else ()) if self.enabled else ()
+        if not self.enabled:
+            return []
+        names = (VOLUMES_FILE, FUNCTION_FILE, *(PICTURE_FILES if self.pictures else ()), REPORT_FILE)
         return [self.output_dir / study / name for name in names]
 
     def _write_volumes(self, result: dict[str, Any], path: Path) -> Path:
@@ -231,6 +244,12 @@ class CardiacOutputsd(MapTransform):
                     writer.writerow([t, lv, rv, myo, int(t == result["ed_phase"]), int(t == result["es_phase"])])
 
         return write_atomic(path, write, self.overwrite)
+
+
+def dicom_tags(study_dir: str | os.PathLike) -> CineTags | None:
+    """The patient and timing tags (:func:`~scripts.data.dicom.read_cine_tags`) of a DICOM study; None for NIfTI."""
+    image = study_image(study_dir)
+    return read_cine_tags(image) if image is not None and image.name == DICOM_DIR and image.is_dir() else None
 
 
 def _pct(value: float | None) -> str:

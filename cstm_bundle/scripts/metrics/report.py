@@ -8,6 +8,11 @@ attached as a handler (it writes the files when the run completes). Methods scor
   it is the truth itself, and only on slices labelled at both ED and ES;
 - any extra model given in ``models`` (e.g. ``dense``: the same network in dense STCN matching mode, when weights
   for it exist), run with the evaluator's inferer on the same annotated frame.
+
+Beside Dice/HD95, every method's cardiac function (LV/RV EDV, ESV, EF, LV mass) is compared with the one of the
+ground truth on the same slices (:mod:`.agreement`): ``function.csv``, Bland-Altman statistics in ``summary.json``
+and ``bland_altman.png``. copy-ED is scored there on ESV and EF only (its EF is 0 where ED and ES label the same
+slices).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -28,11 +33,22 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_numpy as to_numpy
 
 from ..data.study import read_info, slice_classes
-from ..data.transforms import UNLABELLED
+from ..data.transforms import UNLABELLED, read_annotation
 from ..errors import CSTMInputError
 from ..io import save_json, write_atomic
 from ..networks.weights import build_cstm_from_checkpoint, read_checkpoint, state_dict_of
-from .cardiac import study_affine
+from .agreement import (
+    AGREEMENT_FILE,
+    BLAND_ALTMAN_FILE,
+    ES_QUANTITIES,
+    agreement_rows,
+    format_agreement_table,
+    function_values,
+    summarize_agreement,
+    write_agreement_csv,
+    write_bland_altman,
+)
+from .cardiac import study_affine, voxel_volume_ml
 from .segmentation import CLASS_NAMES, METRICS, REGIONS, mean_scores, score_phase
 from .timing import StudyTimer
 
@@ -42,16 +58,18 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 COLUMNS = ("study", "group", "method", "phase", "region", "class", *METRICS, "num_slices", "num_empty", "num_missed")
 PHASES = ("ED", "ES")
+OUTPUT_FILES = (METRICS_FILE, SUMMARY_FILE, AGREEMENT_FILE, BLAND_ALTMAN_FILE)
 
 
 def check_evaluation_outputs(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
-    """Fail before any work when ``metrics.csv`` or ``summary.json`` exists in ``output_dir`` (and not ``overwrite``).
+    """Fail before any work when one of the evaluation's files (``metrics.csv``, ``summary.json``, ``function.csv``,
+    ``bland_altman.png``) exists in ``output_dir`` (and not ``overwrite``).
 
     Raises:
         CSTMInputError: naming the existing file, or an output folder that cannot be created.
     """
     root = Path(output_dir)
-    for name in (METRICS_FILE, SUMMARY_FILE):
+    for name in OUTPUT_FILES:
         if (root / name).exists() and not overwrite:
             raise CSTMInputError(root / name, "output file exists", "a new --output_dir, or --overwrite true")
     try:
@@ -65,7 +83,7 @@ def scored_slices(
     info: Mapping[str, Any],
     phase: str,
     phase_index: int,
-    skip: int | None = None,
+    skip: int | Collection[int] | None = None,
     study: str | os.PathLike = "",
 ) -> dict[int, list[int]]:
     """Which slices to score for each class at one phase: the slices whose label frame is labelled (not
@@ -77,12 +95,15 @@ def scored_slices(
         info: the study's info.json.
         phase: "ed" or "es".
         phase_index: the phase's t.
-        skip: a slice not to score (the annotated frame's z when it lies at this phase).
+        skip: slices not to score (the z of the annotated frames at this phase).
         study: the study folder (for error messages).
     Returns:
         class label -> sorted z.
     """
-    labelled = [z for z in range(label.shape[2]) if (label[:, :, z, phase_index] != UNLABELLED).all() and z != skip]
+    skipped = {skip} if isinstance(skip, int) else set(skip or ())
+    labelled = [
+        z for z in range(label.shape[2]) if (label[:, :, z, phase_index] != UNLABELLED).all() and z not in skipped
+    ]
     drawn = {z: slice_classes(info, phase, z, study) for z in labelled}
     out = {}
     for c in CLASS_NAMES:
@@ -93,21 +114,25 @@ def scored_slices(
 
 
 class EvaluationReport:
-    """Score every study as it is predicted; write ``metrics.csv`` and ``summary.json`` and log the table at the end.
+    """Score every study as it is predicted; write ``metrics.csv``, ``function.csv``, ``summary.json`` and
+    ``bland_altman.png`` and log the tables at the end.
 
     As a postprocessing callable it reads from the item (after ``LoadStudyd(with_labels=True)``): ``pred`` and
-    ``label`` (1, H, W, Z, T), ``ed``, ``es``, ``annotation_slice``, ``annotation_phase``, ``base_first``,
+    ``label`` (1, H, W, Z, T), ``ed``, ``es``, ``anchor_frames``, ``base_first``,
     ``study``, ``study_dir``, optionally ``group`` (a datalist's pathology group, e.g. from
     :func:`~scripts.data.load_split`: the summary then has a block per group), and for extra models ``image``,
-    ``annotation``, ``image_spacing``.
+    ``annotation``, ``annotation_slice``, ``annotation_phase``, ``image_spacing``, ``anchor_labels``.
 
     Args:
-        output_dir: where ``metrics.csv`` and ``summary.json`` go.
+        output_dir: where the files go.
         overwrite: replace existing files.
         baselines: non-learned baselines to score beside the model: "copy_ed".
         models: extra name -> network (e.g. {"dense": ...}), predicted with ``inferer``; see :func:`load_models`.
         inferer: the evaluator's inferer (needed for ``models``).
         timer: a :class:`StudyTimer` attached to the same evaluator; its records go into the summary.
+        skip_reference_anchors: also leave unscored the frames that ``--reference_anchors`` this many would make
+            anchors (:func:`~scripts.data.transforms.read_annotation`), so that runs with 1, 2 or 3 anchors are scored
+            on the same frames; None: only this run's own anchors.
     """
 
     def __init__(
@@ -118,6 +143,7 @@ class EvaluationReport:
         models: Mapping[str, torch.nn.Module] | None = None,
         inferer: Inferer | None = None,
         timer: StudyTimer | None = None,
+        skip_reference_anchors: int | None = None,
     ):
         unknown = set(baselines) - {"copy_ed"}
         if unknown:
@@ -130,7 +156,9 @@ class EvaluationReport:
         self.models = dict(models or {})
         self.inferer = inferer
         self.timer = timer
+        self.skip_reference_anchors = skip_reference_anchors
         self.rows: list[dict] = []
+        self.function_rows: list[dict] = []
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -139,15 +167,22 @@ class EvaluationReport:
         for name, network in self.models.items():
             predictions[name] = self._predict(network, d)
         info = read_info(d["study_dir"])
-        spacing = affine_to_spacing(study_affine(d), r=3, suppress_zeros=False)  # (3,) mm
-        t_a, z_a = int(d["annotation_phase"]), int(d["annotation_slice"])
+        affine = study_affine(d)
+        spacing = affine_to_spacing(affine, r=3, suppress_zeros=False)  # (3,) mm
         ed, es = int(d["ed"]), int(d["es"])
         base_first = bool(d["base_first"])
+        anchors = [tuple(f) for f in torch.as_tensor(d["anchor_frames"]).reshape(-1, 2).tolist()]
+        if self.skip_reference_anchors is not None:
+            reference = read_annotation(
+                Path(d["study_dir"]), info, label.shape, affine, self.skip_reference_anchors, base_first
+            )
+            anchors += [tuple(f) for f in reference["anchor_frames"].tolist()]
         group = str(d.get("group") or "")
         for phase, t in (("ED", ed), ("ES", es)):
             if phase == "ES" and es == ed:
                 continue
-            slices = scored_slices(label, info, phase.lower(), t, z_a if t == t_a else None, d["study_dir"])
+            skip = [z for z, p in anchors if p == t]  # the annotated frames are given, not predicted
+            slices = scored_slices(label, info, phase.lower(), t, skip, d["study_dir"])
             if not slices:
                 continue
             for method, pred in predictions.items():
@@ -170,6 +205,7 @@ class EvaluationReport:
                         phase,
                         score_phase(label[..., ed], label[..., t], both, spacing, base_first),
                     )
+        self._add_function(d["study"], group, label, predictions, info, ed, es, voxel_volume_ml(affine), d["study_dir"])
         logger.info(
             f"{d['study']}: scored ({', '.join(predictions)}"
             f"{', ' + ', '.join(self.baselines) if self.baselines else ''})"
@@ -187,11 +223,44 @@ class EvaluationReport:
             annotation_phase=d["annotation_phase"],
             image_spacing=torch.as_tensor(d["image_spacing"])[None],
             base_first=d["base_first"],
+            anchor_frames=torch.as_tensor(d["anchor_frames"])[None],
+            anchor_labels=torch.as_tensor(d["anchor_labels"])[None].to(device),
         )
         return to_numpy(labels)[0, 0]  # (H, W, Z, T)
 
     def _add(self, study: str, group: str, method: str, phase: str, rows: list[dict]) -> None:
         self.rows.extend({"study": study, "group": group, "method": method, "phase": phase, **r} for r in rows)
+
+    def _add_function(
+        self,
+        study: str,
+        group: str,
+        label: np.ndarray,
+        predictions: Mapping[str, np.ndarray],
+        info: Mapping[str, Any],
+        ed: int,
+        es: int,
+        voxel_ml: float,
+        study_dir: str | os.PathLike,
+    ) -> None:
+        """The function rows of one study: every method's and copy-ED's LV/RV EDV, ESV, EF and LV mass against those
+        of the truth, on the slices the truth labels at each phase (the annotated frame included).
+
+        Args:
+            label: (H, W, Z, T) ground truth with ``UNLABELLED`` where there is none.
+            predictions: method -> (H, W, Z, T) labels.
+        """
+        slices_ed = scored_slices(label, info, "ed", ed, None, study_dir)
+        slices_es = scored_slices(label, info, "es", es, None, study_dir) if es != ed else {}
+        if not slices_ed and not slices_es:
+            return
+        reference = function_values(label[..., ed], label[..., es], slices_ed, slices_es, voxel_ml)
+        for method, pred in predictions.items():
+            ours = function_values(pred[..., ed], pred[..., es], slices_ed, slices_es, voxel_ml)
+            self.function_rows += agreement_rows(study, group, method, ours, reference)
+        if "copy_ed" in self.baselines:
+            ours = function_values(label[..., ed], label[..., ed], slices_ed, slices_es, voxel_ml)
+            self.function_rows += agreement_rows(study, group, "copy_ed", ours, reference, ES_QUANTITIES)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, lambda _: self.write())
@@ -218,7 +287,8 @@ class EvaluationReport:
         return out
 
     def write(self) -> dict[str, Any]:
-        """Write ``metrics.csv`` and ``summary.json`` atomically, log their paths and the table; returns the summary."""
+        """Write ``metrics.csv``, ``function.csv``, ``bland_altman.png`` and ``summary.json`` atomically, log their
+        paths and the tables; returns the summary."""
         if not self.rows:
             raise CSTMInputError(
                 self.output_dir,
@@ -235,13 +305,22 @@ class EvaluationReport:
 
         csv_path = write_atomic(self.output_dir / METRICS_FILE, write_csv, self.overwrite)
         logger.info(f"per-study metrics written to {csv_path}")
+        function_path = write_agreement_csv(self.function_rows, self.output_dir / AGREEMENT_FILE, self.overwrite)
+        logger.info(f"per-study cardiac function against the ground truth written to {function_path}")
+        plot_path = write_bland_altman(self.function_rows, self.output_dir / BLAND_ALTMAN_FILE, self.overwrite)
+        logger.info(f"Bland-Altman plot written to {plot_path}")
         metrics = self.summary()
         groups = sorted({r["group"] for r in self.rows} - {""})
         summary = {
             "studies": sorted(dict.fromkeys(r["study"] for r in self.rows)),
             "metrics": metrics,
+            "agreement": summarize_agreement(self.function_rows),
             "groups": {
-                g: {"studies": len({r["study"] for r in self.rows if r["group"] == g}), "metrics": self.summary(g)}
+                g: {
+                    "studies": len({r["study"] for r in self.rows if r["group"] == g}),
+                    "metrics": self.summary(g),
+                    "agreement": summarize_agreement(self.function_rows, g),
+                }
                 for g in groups
             },
             "timing": self.timer.records if self.timer is not None else [],
@@ -255,9 +334,16 @@ class EvaluationReport:
                 "regions": "slices ordered base to apex: first ceil(Z/3) basal, last floor(Z/3) apex, rest middle; "
                 "whole = all",
                 "frames": "every labelled ED/ES slice but the annotated frame; classes not annotated are skipped",
-                "copy_ed": "ED ground truth copied to ES (no propagation); scored at ES only",
+                "copy_ed": "ED ground truth copied to ES (no propagation); scored at ES only (function: ESV, EF)",
+                "function": "LV/RV EDV, ESV (mL), EF (%), LV mass (g, myocardium at ED x 1.05 g/mL) by summation of "
+                "discs, ours and the ground truth's on the same voxels: at each phase the slices the truth labels "
+                "there and that draw the class (the annotated frame included); an unlabelled slice counts for "
+                "neither; a quantity whose class is not annotated has no row",
+                "agreement": "difference = ours - reference per study; bias = mean difference, sd = sample SD "
+                "(ddof 1), limits of agreement = bias -/+ 1.96 sd, mae = mean |difference|; an EF of ours with "
+                "EDV 0 is undefined (n_undefined) and left out",
             },
-            "files": {"metrics": str(csv_path)},
+            "files": {"metrics": str(csv_path), "function": str(function_path), "bland_altman": str(plot_path)},
         }
         json_path = save_json(_finite(summary), self.output_dir / SUMMARY_FILE, self.overwrite)
         logger.info(f"summary written to {json_path}")
@@ -265,6 +351,7 @@ class EvaluationReport:
             logger.info("\n" + format_table(metrics, kind, phase))
         if groups:
             logger.info("\n" + format_group_table(summary))
+        logger.info("\n" + format_agreement_table(summary))
         return summary
 
 
@@ -379,8 +466,12 @@ def load_models(
     return out
 
 
-if __name__ == "__main__":  # python -m scripts.metrics.report <summary.json>: the per-group Markdown table
+if __name__ == "__main__":  # python -m scripts.metrics.report <summary.json>: the per-group Markdown tables
     import json
     import sys
 
-    print(format_group_table(json.loads(Path(sys.argv[1]).read_text())))
+    loaded = json.loads(Path(sys.argv[1]).read_text())
+    print(format_group_table(loaded))
+    if "agreement" in loaded:
+        print()
+        print(format_agreement_table(loaded))
