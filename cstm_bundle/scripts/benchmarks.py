@@ -2,6 +2,7 @@
 
     python -m scripts.benchmarks matching [--size 384] [--device cuda] [--repeats 7] [--threads 1]
     python -m scripts.benchmarks inference [--sizes 240,384] [--variants small,full] [--device cuda] [--amp true]
+    python -m scripts.benchmarks correction [--checkpoint models/model.pt] [--device cuda]
 
 ``matching`` times one memory readout (all configured strides) of the full variant's channel widths (C_k = 32,
 C_v = 512 at stride 16 and 256 at stride 8) for PLMM (strides 16 + 8), dense (16 + 8) and dense (16 only, STCN), for
@@ -209,5 +210,63 @@ def inference(
     )
 
 
+def correction(checkpoint: str = "models/model.pt", device: str = "cpu", repeats: int = 3) -> None:
+    """Time a correction against a full run on a 10-slice x 25-phase phantom: the first run propagates from the ED
+    middle slice into a fresh ``cache_dir``; each correction adds one annotated frame (its ground truth) and reruns
+    with the cache (:class:`~scripts.inferers.cache.PropagationCache`). Prints seconds and frames predicted."""
+    import tempfile
+
+    from .data.phantom import make_phantom_study
+    from .inferers import Propagation4DInferer
+    from .networks import build_cstm_from_checkpoint, read_checkpoint, recorded_roi, state_dict_of
+
+    dev = torch.device(device)
+    study = make_phantom_study(seed=0, num_slices=10, num_phases=25)
+    image = torch.as_tensor(study.image)[None, None].to(dev)
+    network = build_cstm_from_checkpoint(checkpoint)
+    network.load_state_dict(state_dict_of(read_checkpoint(checkpoint)))
+    network = network.to(dev).eval()
+    roi = recorded_roi(checkpoint)
+    z_a, ed, es = 5, study.ed, study.es
+    corrections = {"ES, middle slice": (z_a, es), "ED, apical slice": (8, ed), "mid-systole, basal slice": (1, es // 2)}
+
+    def run(frames: list, cache_dir: str | None) -> float:
+        labels = torch.stack([torch.as_tensor(study.label[:, :, z, t]) for z, t in frames]).to(dev)
+        inferer = Propagation4DInferer(roi_size=roi["roi_size"], spacing=roi["spacing"], cache_dir=cache_dir)
+        start = time.perf_counter()
+        inferer(
+            image,
+            network,
+            annotation=labels[:1],
+            annotation_slice=z_a,
+            annotation_phase=ed,
+            image_spacing=torch.tensor([[1.8, 1.8]]),
+            anchor_frames=torch.tensor(frames)[None],
+            anchor_labels=labels[None],
+        )
+        return time.perf_counter() - start
+
+    rows = []
+    for name, frame in corrections.items():
+        full, fix = [], []
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory() as cache:
+                full.append(run([(z_a, ed)], cache))
+                fix.append(run([(z_a, ed), frame], cache))
+        f, c = sorted(full)[repeats // 2], sorted(fix)[repeats // 2]
+        rows.append(f"| {name} {frame} | {f:.2f} | {c:.2f} | {c / f:.2f} |")
+    print(
+        "\n".join(
+            [
+                f"Correction vs full run, 10 x 25 phantom (250 frames), {device}, {torch.get_num_threads()} threads,"
+                f" median of {repeats}",
+                "| added frame (z, t) | full run s | correction s | correction / full |",
+                "|---|---|---|---|",
+                *rows,
+            ]
+        )
+    )
+
+
 if __name__ == "__main__":
-    fire.Fire({"matching": matching, "inference": inference})
+    fire.Fire({"matching": matching, "inference": inference, "correction": correction})

@@ -12,6 +12,7 @@ Spellings accepted: booleans ``true``/``false`` in any case, ``1``/``0``, ``yes`
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ class Option:
     """How one option is typed.
 
     Args:
-        kind: "bool", "int", "float", "choice" or "strides" (a non-empty subset of (16, 8)).
+        kind: "bool", "int", "float", "choice", "strides" (a non-empty subset of (16, 8)) or "path" (a string).
         low, high: inclusive bounds of an int or float.
         choices: the values of a "choice".
         optional: None (``null``) is allowed.
@@ -50,6 +51,8 @@ class Option:
             text = "one of " + ", ".join(self.choices)
         elif self.kind == "strides":
             text = "a list of strides from [16, 8], e.g. [16, 8] or [16]"
+        elif self.kind == "path":
+            text = "a folder path"
         else:
             text = "an integer" if self.kind == "int" else "a number"
             if self.low is not None and self.high is not None:
@@ -75,6 +78,7 @@ OPTIONS: dict[str, Option] = {
     "clinical_pictures": _BOOL,
     "clinical_phases": Option("choice", choices=("info", "volume")),
     "dicom_seg": _BOOL,
+    "quality_report": _BOOL,
     "demo_studies": _int(1),
     "demo_seed": _int(0),
     "max_batch": _int(1),
@@ -95,6 +99,7 @@ OPTIONS: dict[str, Option] = {
     "largest_component": _BOOL,
     "fill_holes": _BOOL,
     "time_direction": Option("choice", choices=("forward", "both")),
+    "cache_dir": Option("path", optional=True),
     "roi_size": _int(48, optional=True),
     "roi_spacing": Option("float", low=0, positive=True, optional=True),
     # training
@@ -148,6 +153,10 @@ def convert(name: str, value: Any) -> Any:
             raise ValueError
         if option.kind == "strides":
             return _to_strides(value)
+        if option.kind == "path":
+            if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+                raise ValueError
+            return str(value)
         number = _to_int(value, text) if option.kind == "int" else _to_float(value, text)
         if option.low is not None and (number < option.low or (option.positive and number == option.low)):
             raise ValueError

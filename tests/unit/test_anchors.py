@@ -128,3 +128,49 @@ def test_both_time_directions_fuse_forward_and_backward(study: Path) -> None:
     agree_next = (both[..., nxt] == forward[..., nxt]).float().mean()
     agree_far = (both[..., far] == forward[..., far]).float().mean()
     assert agree_next >= agree_far and not torch.equal(both, forward)
+
+
+def test_a_correction_predicts_only_the_frames_whose_memory_chain_changed(
+    study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scripts.inferers.propagation as propagation
+    from scripts.inferers.schedule import chain_signatures, plan_propagation
+
+    torch.manual_seed(0)
+    network = build_cstm("small", **TINY_CSTM).eval()
+    gt, _, info = _truth(study)
+    image = torch.as_tensor(np.asarray(nib.load(str(study / "image.nii.gz")).dataobj), dtype=torch.float32)[None, None]
+    ed, es = info["ed"], info["es"]
+    first, second = [(3, ed)], [(3, ed), (3, es)]
+    predicted: list = []
+    real_predict = propagation._predict
+    monkeypatch.setattr(
+        propagation,
+        "_predict",
+        lambda net, batch, *a, **k: predicted.extend(batch) or real_predict(net, batch, *a, **k),
+    )
+
+    def run(frames: list, cache_dir: Path | None) -> torch.Tensor:
+        labels = torch.stack([torch.as_tensor(gt[:, :, z, t]) for z, t in frames])
+        inferer = Propagation4DInferer(roi_size=96, spacing=1.2, cache_dir=cache_dir)
+        predicted.clear()
+        return inferer(
+            image,
+            network,
+            annotation=labels[:1],
+            annotation_slice=3,
+            annotation_phase=ed,
+            image_spacing=torch.tensor([[1.8, 1.8]]),
+            anchor_frames=torch.tensor(frames)[None],
+            anchor_labels=labels[None],
+        )[0, 0]
+
+    full = run(first, tmp_path)
+    assert len(predicted) == 6 * 6 - 1
+    assert torch.equal(run(first, tmp_path), full) and not predicted  # the same input again: nothing predicted
+    corrected = run(second, tmp_path)
+    before, after = (chain_signatures(plan_propagation(6, 6, a), dict.fromkeys(a, "x")) for a in (first, second))
+    changed = {f for f in after if f not in second and before.get(f) != after[f]}
+    assert set(predicted) == changed and 0 < len(changed) < 6 * 6 - 2
+    uncached = run(second, None)
+    assert (corrected == uncached).float().mean() > 0.999  # kept frames re-encoded from float16 probabilities

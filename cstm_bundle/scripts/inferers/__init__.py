@@ -1,10 +1,13 @@
 from .cleanup import clean_up
 from .memory import MemoryBank
-from .propagation import Propagation4DInferer, propagate_4d
+from .propagation import QC_CONFIDENCE, QC_DISAGREEMENT, Propagation4DInferer, frame_confidence, propagate_4d
 from .schedule import dependency_levels, plan_propagation, slice_regions
 
 __all__ = [
     "MemoryBank",
+    "QC_CONFIDENCE",
+    "QC_DISAGREEMENT",
+    "frame_confidence",
     "clean_up",
     "Propagation4DInferer",
     "dependency_levels",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from itertools import groupby
@@ -18,9 +19,18 @@ from torch import Tensor
 
 from ..data.roi import crop_resize, foreground_center, heart_box, paste_probabilities
 from ..networks.cstm import CSTM
+from .cache import PropagationCache, tensor_digest
 from .cleanup import clean_up
 from .memory import MemoryBank
-from .schedule import Continuity, Frame, Plan, dependency_levels, plan_propagation, time_direction_weights
+from .schedule import (
+    Continuity,
+    Frame,
+    Plan,
+    chain_signatures,
+    dependency_levels,
+    plan_propagation,
+    time_direction_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +79,9 @@ def propagate_4d(
     Args:
         network: a :class:`~scripts.networks.CSTM`, in eval mode.
         image: (H, W, Z, T) normalised intensities, H and W multiples of ``network.size_multiple``.
-        anchors: annotated frame (z, t) -> its (H, W) integer labels in [0, O); the plan's anchors.
+        anchors: known frame (z, t) -> its (H, W) integer labels in [0, O) (an annotated frame) or its (O, H, W)
+            class probabilities (a frame kept from an earlier run, :class:`~.cache.PropagationCache`); the frames
+            that the plan does not predict.
         plan: query frame -> memory frames (:func:`~.schedule.plan_propagation` of the same anchors).
         max_batch: most query frames per network call (bounds memory; halved automatically on CUDA out-of-memory).
         amp: autocast the network (float16 on CUDA, bfloat16 on CPU).
@@ -85,23 +97,23 @@ def propagate_4d(
     device = image.device
     frames = image.permute(2, 3, 0, 1).unsqueeze(2)  # (Z, T, 1, H, W)
     labels = torch.zeros(image.shape, dtype=torch.uint8, device=device)  # (H, W, Z, T)
-    known = list(anchors)
-    onehot = torch.stack(
-        [F.one_hot(anchors[f].to(device).long(), network.num_classes).permute(2, 0, 1) for f in known]
-    ).float()  # (A, O, H, W)
-    for f, one in zip(known, onehot, strict=True):
-        labels[..., f[0], f[1]] = anchors[f].to(device=device, dtype=torch.uint8)
+    known = {f: _as_probabilities(x.to(device), network.num_classes) for f, x in anchors.items()}  # (O, H, W) each
+    for f, probs in known.items():
+        labels[..., f[0], f[1]] = probs.argmax(0).to(torch.uint8)
         if probabilities is not None:
-            probabilities[f] = one
+            probabilities[f] = probs
     bank = MemoryBank(plan)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-        img = torch.stack([frames[f] for f in known])  # (A, 1, H, W)
-        key = network.encode_key(img)
-        value = network.encode_value(img, onehot, key)
-        bank.add(known, key.key16, key.key8, *value)
-        levels = dependency_levels(plan, known)
+        read = [f for f in known if bank.needed(f)]  # known frames that no query reads are not encoded
+        for b in range(0, len(read), max_batch):
+            part = read[b : b + max_batch]
+            img = torch.stack([frames[f] for f in part])  # (A, 1, H, W)
+            key = network.encode_key(img)
+            value = network.encode_value(img, torch.stack([known[f] for f in part]), key)
+            bank.add(part, key.key16, key.key8, *value)
+        levels = dependency_levels(plan, list(known))
         start = time.perf_counter()
         for i, level in enumerate(levels):
             # queries that read the same number of memory frames share one batch
@@ -118,6 +130,13 @@ def propagate_4d(
                     f"{time.perf_counter() - start:.1f} s"
                 )
     return labels
+
+
+def _as_probabilities(x: Tensor, num_classes: int) -> Tensor:
+    """(H, W) labels -> (O, H, W) one-hot float32; (O, H, W) probabilities -> float32."""
+    if x.ndim == 3:
+        return x.float()
+    return F.one_hot(x.long(), num_classes).permute(2, 0, 1).float()
 
 
 def _predict(
@@ -229,6 +248,8 @@ class Propagation4DInferer(Inferer):
         time_direction: "forward" (paper): along t forwards through the cycle from each anchor; "both": also
             backwards, the two class probabilities fused per phase by their distance to the anchors
             (:func:`~.schedule.time_direction_weights`); twice the network calls.
+        cache_dir: keep every study's propagation there (:class:`~.cache.PropagationCache`): a rerun with more
+            annotated frames (a correction) predicts only the frames whose memory chain changed. None: no cache.
     """
 
     def __init__(
@@ -245,6 +266,7 @@ class Propagation4DInferer(Inferer):
         largest_component: bool = False,
         fill_holes: bool = False,
         time_direction: Literal["forward", "both"] = "forward",
+        cache_dir: str | os.PathLike | None = None,
     ):
         super().__init__()
         if time_direction not in ("forward", "both"):
@@ -261,6 +283,7 @@ class Propagation4DInferer(Inferer):
         self.largest_component = largest_component
         self.fill_holes = fill_holes
         self.time_direction = time_direction
+        self.cache = None if cache_dir is None else PropagationCache(cache_dir)
 
     def plan(
         self,
@@ -312,7 +335,9 @@ class Propagation4DInferer(Inferer):
                 affine when ``inputs`` is a ``MetaTensor``.
             base_first: (B,) per-study slice order, used unless the inferer's ``base_first`` is set.
         Returns:
-            labels (B, 1, H, W, Z, T), uint8.
+            labels (B, 1, H, W, Z, T), uint8: a ``MetaTensor`` whose meta holds, per study and frame (B, Z, T),
+            :data:`QC_CONFIDENCE` (:func:`frame_confidence`) and :data:`QC_DISAGREEMENT` (of the two time
+            directions; 0 with "forward"), read by :class:`~scripts.metrics.QualityReportd`.
         """
         if annotation is None:
             if inputs.ndim != 6 or inputs.shape[1] != 2:
@@ -342,7 +367,7 @@ class Propagation4DInferer(Inferer):
         z_a = torch.as_tensor(annotation_slice).reshape(-1)
         t_a = torch.as_tensor(annotation_phase).reshape(-1)
         base = torch.as_tensor(base_first).reshape(-1).expand(inputs.shape[0])
-        out = []
+        out, confidence, disagreements = [], [], []
         for b in range(inputs.shape[0]):
             image = inputs[b, 0].float().permute(2, 3, 0, 1)  # (Z, T, H, W)
             ann = annotation[b].reshape(annotation.shape[-2:])  # (H, W)
@@ -367,7 +392,9 @@ class Propagation4DInferer(Inferer):
                 anchors_in = {
                     f: crop_resize(lab[None, None], box, self.roi_size, "nearest")[0, 0] for f, lab in given.items()
                 }  # (S, S) each
-            labels, probs = self._propagate(network, frames, anchors_in, bool(base[b]))  # (Z, T[, O], S, S)
+            labels, probs, disagreement = self._propagate(network, frames, anchors_in, bool(base[b]))
+            confidence.append(frame_confidence(probs))
+            disagreements.append(torch.zeros_like(confidence[-1]) if disagreement is None else disagreement)
             if self.roi_size is None:
                 labels = crop_padding(labels, pad)
             else:  # back onto the input grid from the probabilities, one slice at a time (bounds memory)
@@ -376,37 +403,89 @@ class Propagation4DInferer(Inferer):
             for f, lab in given.items():  # the annotated frames are given, not predicted
                 labels[f] = lab.to(labels)
             out.append(labels.permute(2, 3, 0, 1))  # (H, W, Z, T)
-        return torch.stack(out)[:, None]
+        pred = MetaTensor(torch.stack(out)[:, None])
+        if isinstance(inputs, MetaTensor):  # the image's geometry and meta, as MONAI's inferers return
+            pred.copy_meta_from(inputs, copy_attr=False)
+        pred.meta.update(
+            {QC_CONFIDENCE: torch.stack(confidence).cpu(), QC_DISAGREEMENT: torch.stack(disagreements).cpu()}
+        )
+        pred.is_batch = True
+        return pred
 
     def _propagate(
         self, network: CSTM, frames: Tensor, anchors: dict[Frame, Tensor], base_first: bool
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Propagate the anchors through frames (Z, T, S, S) in ``time_direction``.
 
         Returns:
-            labels (Z, T, S, S) uint8 and class probabilities (Z, T, O, S, S) float16.
+            labels (Z, T, S, S) uint8, class probabilities (Z, T, O, S, S) float16 and, with "both", the
+            disagreement of the two directions per frame (Z, T): the fraction of the frame's heart pixels
+            (:func:`frame_confidence`) whose class differs.
         """
         num_slices, num_phases = frames.shape[:2]
+        anchor_digests = {f: tensor_digest(lab) for f, lab in anchors.items()}
         results = []
         for backward in [False, True] if self.time_direction == "both" else [False]:
             probs = frames.new_zeros((*frames.shape[:2], network.num_classes, *frames.shape[2:]), dtype=torch.float16)
             plan = self.plan(num_slices, num_phases, list(anchors), base_first, backward)
+            known: dict[Frame, Tensor] = dict(anchors)
+            if self.cache is not None:
+                key = self.cache.key(network, frames, backward)
+                signatures = chain_signatures(plan, anchor_digests)
+                entry = self.cache.load(key)
+                if entry is not None and tuple(entry["probabilities"].shape) == tuple(probs.shape):
+                    kept = [f for f in plan if entry["signatures"].get(f) == signatures[f]]
+                    known.update({f: entry["probabilities"][f].to(frames.device) for f in kept})
+                    logger.info(f"propagation cache: {len(kept)} of {len(plan)} frames kept, the others predicted")
+                plan = {f: memory for f, memory in plan.items() if f not in known}
             labels = propagate_4d(
                 network,
                 frames.permute(2, 3, 0, 1),
-                anchors,
+                known,
                 plan,
                 self.max_batch,
                 self.amp,
                 self.progress,
                 probabilities=probs,
             )
+            if self.cache is not None:
+                self.cache.save(key, signatures, probs)
             results.append((labels.permute(2, 3, 0, 1), probs))
         if len(results) == 1:
-            return results[0]
-        w = results[0][1].new_tensor(time_direction_weights(num_phases, [t for _, t in anchors]))
-        fused = results[0][1] * w[None, :, None, None, None] + results[1][1] * (1 - w)[None, :, None, None, None]
-        return fused.argmax(2).to(torch.uint8), fused
+            return (*results[0], None)
+        (forward, p_forward), (backward, p_backward) = results
+        w = p_forward.new_tensor(time_direction_weights(num_phases, [t for _, t in anchors]))[None, :, None, None, None]
+        fused = p_forward * w + p_backward * (1 - w)
+        heart = _heart_pixels(fused)
+        disagreement = ((forward != backward) & heart).sum((-2, -1)) / heart.sum((-2, -1)).clamp(min=1)
+        return fused.argmax(2).to(torch.uint8), fused, disagreement.float()
+
+
+QC_CONFIDENCE = "qc_confidence"
+QC_DISAGREEMENT = "qc_disagreement"
+HEART_BACKGROUND_PROBABILITY = 0.9
+"""A pixel belongs to the heart for the quality scores when its class is not background or its background
+probability is below this."""
+
+
+def _heart_pixels(probs: Tensor) -> Tensor:
+    """(..., O, S, S) probabilities -> (..., S, S) bool: the pixels :data:`HEART_BACKGROUND_PROBABILITY` counts."""
+    return (probs.argmax(-3) > 0) | (probs[..., 0, :, :] < HEART_BACKGROUND_PROBABILITY)
+
+
+def frame_confidence(probs: Tensor) -> Tensor:
+    """Confidence of every frame: the mean over its heart pixels (:func:`_heart_pixels`) of the largest class
+    probability; 1 for a frame without heart pixels.
+
+    Args:
+        probs: (Z, T, O, S, S) class probabilities.
+    Returns:
+        (Z, T) float32 in [1/O, 1].
+    """
+    heart = _heart_pixels(probs)
+    top = probs.float().amax(2)
+    score = (top * heart).sum((-2, -1)) / heart.sum((-2, -1)).clamp(min=1)
+    return torch.where(heart.any(-1).any(-1), score, torch.ones_like(score))
 
 
 def _check_labels(labels: Tensor, frame: Frame, num_classes: int) -> None:

@@ -8,7 +8,8 @@ lets the executor batch every frame whose memory is ready (:func:`dependency_lev
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 Frame = tuple[int, int]
@@ -189,6 +190,23 @@ def time_direction_weights(num_phases: int, anchor_phases: Iterable[int]) -> lis
         d_b = min((p - t) % num_phases for p in phases)
         weights.append(0.5 if d_f + d_b == 0 else d_b / (d_f + d_b))
     return weights
+
+
+def chain_signatures(plan: Plan, anchors: Mapping[Frame, str]) -> dict[Frame, str]:
+    """A signature of every frame's whole memory chain: equal signatures in two runs mean that the frame was predicted
+    from the same anchors through the same frames, so its prediction can be kept (a correction recomputes the rest).
+
+    Args:
+        plan: from :func:`plan_propagation` (ordered so memory frames precede their queries).
+        anchors: annotated frame -> a digest of its labels.
+    Returns:
+        frame -> hex digest, for the anchors and every planned frame.
+    """
+    signature = {f: hashlib.sha1(f"anchor {f} {digest}".encode()).hexdigest() for f, digest in anchors.items()}
+    for query, memory in plan.items():
+        text = f"{query} <- " + " ".join(signature[m] for m in memory)
+        signature[query] = hashlib.sha1(text.encode()).hexdigest()
+    return signature
 
 
 def dependency_levels(plan: Plan, known: Frame | Iterable[Frame]) -> list[list[Frame]]:

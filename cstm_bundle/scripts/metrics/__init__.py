@@ -1,5 +1,5 @@
 """Evaluation (Dice / HD95 by region, paper Table 1; agreement of EF, volumes, mass with the truth), clinical outputs
-(volumes, EF, mass, pictures), timing."""
+(volumes, EF, mass, pictures), the per-frame quality report, timing."""
 
 from .agreement import (
     QUANTITIES,
@@ -11,6 +11,7 @@ from .agreement import (
     summarize_agreement,
 )
 from .cardiac import CardiacOutputsd, cardiac_function, phase_volumes, voxel_volume_ml
+from .quality import QualityReportd, area_jumps, frame_quality
 from .report import (
     EvaluationReport,
     check_evaluation_outputs,
@@ -30,8 +31,10 @@ __all__ = [
     "CardiacOutputsd",
     "EvaluationReport",
     "PhaseClassDice",
+    "QualityReportd",
     "StudyTimer",
     "agreement_rows",
+    "area_jumps",
     "agreement_stats",
     "bland_altman_figure",
     "cardiac_function",
@@ -40,6 +43,7 @@ __all__ = [
     "format_agreement_table",
     "format_group_table",
     "format_table",
+    "frame_quality",
     "function_values",
     "grid_diagonal",
     "load_models",

@@ -31,10 +31,12 @@ from ignite.engine import Engine, Events
 from monai.data.utils import affine_to_spacing
 from monai.inferers import Inferer
 from monai.utils import convert_to_numpy as to_numpy
+from scipy.stats import spearmanr
 
 from ..data.study import read_info, slice_classes
 from ..data.transforms import UNLABELLED, read_annotation
 from ..errors import CSTMInputError
+from ..inferers.propagation import QC_CONFIDENCE
 from ..io import save_json, write_atomic
 from ..networks.weights import build_cstm_from_checkpoint, read_checkpoint, state_dict_of
 from .agreement import (
@@ -49,6 +51,7 @@ from .agreement import (
     write_bland_altman,
 )
 from .cardiac import study_affine, voxel_volume_ml
+from .quality import frame_quality, quality_inputs
 from .segmentation import CLASS_NAMES, METRICS, REGIONS, mean_scores, score_phase
 from .timing import StudyTimer
 
@@ -159,6 +162,7 @@ class EvaluationReport:
         self.skip_reference_anchors = skip_reference_anchors
         self.rows: list[dict] = []
         self.function_rows: list[dict] = []
+        self.quality_rows: list[dict] = []
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -206,6 +210,8 @@ class EvaluationReport:
                         score_phase(label[..., ed], label[..., t], both, spacing, base_first),
                     )
         self._add_function(d["study"], group, label, predictions, info, ed, es, voxel_volume_ml(affine), d["study_dir"])
+        if QC_CONFIDENCE in getattr(d["pred"], "meta", {}):
+            self._add_quality(d, label, info, anchors, base_first)
         logger.info(
             f"{d['study']}: scored ({', '.join(predictions)}"
             f"{', ' + ', '.join(self.baselines) if self.baselines else ''})"
@@ -261,6 +267,24 @@ class EvaluationReport:
         if "copy_ed" in self.baselines:
             ours = function_values(label[..., ed], label[..., ed], slices_ed, slices_es, voxel_ml)
             self.function_rows += agreement_rows(study, group, "copy_ed", ours, reference, ES_QUANTITIES)
+
+    def _add_quality(
+        self, d: Mapping[Hashable, Any], label: np.ndarray, info: Mapping[str, Any], anchors: list, base_first: bool
+    ) -> None:
+        """Pair every scored ED/ES frame's quality score (:mod:`.quality`) with its Dice (mean over the classes the
+        truth draws there that the prediction or the truth holds)."""
+        pred, confidence, disagreement = quality_inputs(d)
+        rows = {(r["z"], r["t"]): r for r in frame_quality(pred, confidence, disagreement, anchors, base_first)}
+        for phase, t in {"ed": int(d["ed"]), "es": int(d["es"])}.items():
+            if phase == "es" and t == int(d["ed"]):
+                continue
+            skip = [z for z, p in anchors if p == t]
+            by_class = scored_slices(label, info, phase, t, skip, d["study_dir"])
+            for z in sorted({s for zs in by_class.values() for s in zs}):
+                classes = [c for c, zs in by_class.items() if z in zs]
+                dice = _frame_dice(pred[:, :, z, t], label[:, :, z, t], classes)
+                if dice is not None:
+                    self.quality_rows.append({"study": d["study"], "dice": dice, **rows[(z, t)]})
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, lambda _: self.write())
@@ -323,6 +347,7 @@ class EvaluationReport:
                 }
                 for g in groups
             },
+            "quality": quality_ranking(self.quality_rows),
             "timing": self.timer.records if self.timer is not None else [],
             "conventions": {
                 "dice_2d/hd95_2d": "per 2D slice (in-plane spacing), averaged over the region's slices that hold the "
@@ -475,3 +500,30 @@ if __name__ == "__main__":  # python -m scripts.metrics.report <summary.json>: t
     if "agreement" in loaded:
         print()
         print(format_agreement_table(loaded))
+
+
+def _frame_dice(pred: np.ndarray, truth: np.ndarray, classes: Sequence[int]) -> float | None:
+    """Mean Dice of one (H, W) frame over ``classes`` present in the prediction or the truth (None: none is)."""
+    dice = [
+        2 * np.sum((pred == c) & (truth == c)) / (np.sum(pred == c) + np.sum(truth == c))
+        for c in classes
+        if (pred == c).any() or (truth == c).any()
+    ]
+    return float(np.mean(dice)) if dice else None
+
+
+def quality_ranking(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How well the quality score ranks bad frames: Spearman correlation of score and Dice over the scored frames,
+    and the mean Dice of the flagged frames against the others."""
+    if len(rows) < 3:
+        return {"num_frames": len(rows)}
+    scores, dice = [r["score"] for r in rows], [r["dice"] for r in rows]
+    flagged = [r["dice"] for r in rows if r["flagged"]]
+    rest = [r["dice"] for r in rows if not r["flagged"]]
+    return {
+        "num_frames": len(rows),
+        "spearman_score_dice": float(spearmanr(scores, dice).statistic),
+        "num_flagged": len(flagged),
+        "dice_flagged": float(np.mean(flagged)) if flagged else None,
+        "dice_not_flagged": float(np.mean(rest)) if rest else None,
+    }
