@@ -69,6 +69,10 @@ def test_evaluate_on_phantom_studies(phantom_studies: Path, tmp_path: Path) -> N
         assert png.format == "PNG"
     assert str(out / "function.csv") in result.stdout and str(out / "bland_altman.png") in result.stdout
     assert "| all (2) | model |" in result.stdout and "LV EF %" in result.stdout
+    # the quality score ranks the scored frames: every one has a row, and low scores go with low Dice
+    quality = read_rows(out / "quality.csv")
+    assert len(quality) == summary["quality"]["num_frames"] > 10 and {r["study"] for r in quality} == set(studies)
+    assert summary["quality"]["spearman_score_dice"] > 0.3
 
     again = run_bundle("evaluate", EVALUATE, "--dataset_dir", str(phantom_studies), "--output_dir", str(out))
     assert again.returncode != 0

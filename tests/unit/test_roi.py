@@ -96,3 +96,12 @@ def test_oracle_through_the_roi_path_recovers_the_labels(pixel_mm: float, min_di
         p, t = out == c, labels == c
         assert 2 * (p & t).sum() / (p.sum() + t.sum()) >= min_dice, c
     assert out[..., 1, 0].equal(labels[..., 1, 0])  # the annotated frame comes back exactly
+
+
+def test_class_argmax_equals_torch_argmax_ties_included():
+    from scripts.data.roi import class_argmax
+
+    torch.manual_seed(0)
+    probs = torch.rand(3, 4, 9, 9).round(decimals=1)  # many ties
+    for dim in (0, 1, -3):
+        assert torch.equal(class_argmax(probs, dim), probs.argmax(dim))

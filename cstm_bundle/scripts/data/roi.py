@@ -66,6 +66,18 @@ def crop_resize(x: Tensor, box: Box, size: int, mode: str = "bilinear") -> Tenso
     return F.interpolate(crop.float(), size=(size, size), mode=mode, **kwargs).to(x.dtype)
 
 
+def class_argmax(probs: Tensor, dim: int) -> Tensor:
+    """``probs.argmax(dim)`` over a short class dimension, as elementwise comparisons: the same indices (the first
+    maximum on ties), without the slow strided reduction that ``argmax`` over a non-last dimension is on CPUs."""
+    values = probs.unbind(dim)
+    best, index = values[0], torch.zeros_like(values[0], dtype=torch.long)
+    for c, value in enumerate(values[1:], 1):
+        better = value > best
+        best = torch.where(better, value, best)
+        index[better] = c
+    return index
+
+
 def paste_labels(labels: Tensor, box: Box, image_size: tuple[int, int], num_classes: int) -> Tensor:
     """Map labels predicted in the ROI back onto the input grid (one-hot through :func:`paste_probabilities`)."""
     return paste_probabilities(F.one_hot(labels.long(), num_classes).movedim(3, 1).float(), box, image_size)
@@ -87,7 +99,7 @@ def paste_probabilities(probabilities: Tensor, box: Box, image_size: tuple[int, 
     """
     shrink = box.height <= probabilities.shape[-2] and box.width <= probabilities.shape[-1]
     mode, kwargs = ("area", {}) if shrink else ("bilinear", {"align_corners": False})
-    resized = F.interpolate(probabilities.float(), size=(box.height, box.width), mode=mode, **kwargs).argmax(1)
+    resized = class_argmax(F.interpolate(probabilities.float(), size=(box.height, box.width), mode=mode, **kwargs), 1)
     out = torch.zeros((probabilities.shape[0], *image_size), dtype=torch.uint8, device=probabilities.device)
     top, left = max(box.top, 0), max(box.left, 0)
     bottom, right = min(box.top + box.height, image_size[0]), min(box.left + box.width, image_size[1])

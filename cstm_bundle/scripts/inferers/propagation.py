@@ -17,7 +17,7 @@ from monai.transforms import SpatialPad, compute_divisible_spatial_size
 from monai.utils import convert_to_tensor
 from torch import Tensor
 
-from ..data.roi import crop_resize, foreground_center, heart_box, paste_probabilities
+from ..data.roi import class_argmax, crop_resize, foreground_center, heart_box, paste_probabilities
 from ..networks.cstm import CSTM
 from .cache import PropagationCache, tensor_digest
 from .cleanup import clean_up
@@ -99,7 +99,7 @@ def propagate_4d(
     labels = torch.zeros(image.shape, dtype=torch.uint8, device=device)  # (H, W, Z, T)
     known = {f: _as_probabilities(x.to(device), network.num_classes) for f, x in anchors.items()}  # (O, H, W) each
     for f, probs in known.items():
-        labels[..., f[0], f[1]] = probs.argmax(0).to(torch.uint8)
+        labels[..., f[0], f[1]] = class_argmax(probs, 0).to(torch.uint8)
         if probabilities is not None:
             probabilities[f] = probs
     bank = MemoryBank(plan)
@@ -163,7 +163,7 @@ def _predict(
     if keep:
         kept_key = type(key)(*(t[keep] for t in key))
         value = network.encode_value(imgs[keep], probs[keep], kept_key)
-    labels[:, :, zs, ts] = probs.argmax(1).to(torch.uint8).permute(1, 2, 0)  # (H, W, B)
+    labels[:, :, zs, ts] = class_argmax(probs, 1).to(torch.uint8).permute(1, 2, 0)  # (H, W, B)
     if probabilities is not None:
         probabilities[zs, ts] = probs.to(probabilities.dtype)
     bank.release(memories)
@@ -458,7 +458,7 @@ class Propagation4DInferer(Inferer):
         fused = p_forward * w + p_backward * (1 - w)
         heart = _heart_pixels(fused)
         disagreement = ((forward != backward) & heart).sum((-2, -1)) / heart.sum((-2, -1)).clamp(min=1)
-        return fused.argmax(2).to(torch.uint8), fused, disagreement.float()
+        return class_argmax(fused, 2).to(torch.uint8), fused, disagreement.float()
 
 
 QC_CONFIDENCE = "qc_confidence"
@@ -470,7 +470,7 @@ probability is below this."""
 
 def _heart_pixels(probs: Tensor) -> Tensor:
     """(..., O, S, S) probabilities -> (..., S, S) bool: the pixels :data:`HEART_BACKGROUND_PROBABILITY` counts."""
-    return (probs.argmax(-3) > 0) | (probs[..., 0, :, :] < HEART_BACKGROUND_PROBABILITY)
+    return (class_argmax(probs, -3) > 0) | (probs[..., 0, :, :] < HEART_BACKGROUND_PROBABILITY)
 
 
 def frame_confidence(probs: Tensor) -> Tensor:

@@ -51,7 +51,7 @@ from .agreement import (
     write_bland_altman,
 )
 from .cardiac import study_affine, voxel_volume_ml
-from .quality import frame_quality, quality_inputs
+from .quality import QC_COLUMNS, frame_quality, quality_inputs
 from .segmentation import CLASS_NAMES, METRICS, REGIONS, mean_scores, score_phase
 from .timing import StudyTimer
 
@@ -61,12 +61,14 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 COLUMNS = ("study", "group", "method", "phase", "region", "class", *METRICS, "num_slices", "num_empty", "num_missed")
 PHASES = ("ED", "ES")
-OUTPUT_FILES = (METRICS_FILE, SUMMARY_FILE, AGREEMENT_FILE, BLAND_ALTMAN_FILE)
+QUALITY_FILE = "quality.csv"
+"""Every scored frame's quality score and flag (:mod:`.quality`) beside its Dice."""
+OUTPUT_FILES = (METRICS_FILE, SUMMARY_FILE, AGREEMENT_FILE, BLAND_ALTMAN_FILE, QUALITY_FILE)
 
 
 def check_evaluation_outputs(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
     """Fail before any work when one of the evaluation's files (``metrics.csv``, ``summary.json``, ``function.csv``,
-    ``bland_altman.png``) exists in ``output_dir`` (and not ``overwrite``).
+    ``bland_altman.png``, ``quality.csv``) exists in ``output_dir`` (and not ``overwrite``).
 
     Raises:
         CSTMInputError: naming the existing file, or an output folder that cannot be created.
@@ -332,6 +334,16 @@ class EvaluationReport:
         function_path = write_agreement_csv(self.function_rows, self.output_dir / AGREEMENT_FILE, self.overwrite)
         logger.info(f"per-study cardiac function against the ground truth written to {function_path}")
         plot_path = write_bland_altman(self.function_rows, self.output_dir / BLAND_ALTMAN_FILE, self.overwrite)
+        if self.quality_rows:
+
+            def write_quality(tmp: str) -> None:
+                with open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, ["study", *QC_COLUMNS, "dice"])
+                    writer.writeheader()
+                    writer.writerows({**r, "dice": round(r["dice"], 4)} for r in self.quality_rows)
+
+            quality_path = write_atomic(self.output_dir / QUALITY_FILE, write_quality, self.overwrite)
+            logger.info(f"per-frame quality scores and Dice written to {quality_path}")
         logger.info(f"Bland-Altman plot written to {plot_path}")
         metrics = self.summary()
         groups = sorted({r["group"] for r in self.rows} - {""})
