@@ -48,3 +48,39 @@ def run_bundle(
     return subprocess.run(
         bundle_command(run_id, config, *overrides), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def start_bundle(run_id: str, config: str | list[str], *overrides: str) -> subprocess.Popen:
+    """:func:`bundle_command` started from the repo root, unbuffered, stdout and stderr merged into one text pipe (to
+    read its lines as they come, e.g. to interrupt it at a given point)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        bundle_command(run_id, config, *overrides),
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def torchrun_command(run_id: str, configs: list[str], *overrides: str, nproc: int = 2) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=<nproc> -m monai.bundle run <run_id>`` on CPU ranks (gloo)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        repr(configs),
+        "--dist_backend",
+        "gloo",
+        "--device",
+        "$torch.device('cpu')",
+        *overrides,
+    ]

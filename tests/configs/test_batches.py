@@ -6,29 +6,27 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import REPO, bundle_command, run_bundle
+from helpers import run_bundle, start_bundle
 from scripts.data import SaveStudyLabeld, write_phantom_studies
-from scripts.metrics import CardiacOutputsd
+from scripts.metrics import CardiacOutputsd, QualityReportd
 
 pytestmark = pytest.mark.slow
 
 OUTPUTS = sorted(
     p.name
-    for w in (SaveStudyLabeld("pred", "."), CardiacOutputsd("pred", ".", pictures=False))
+    for w in (SaveStudyLabeld("pred", "."), CardiacOutputsd("pred", ".", pictures=False), QualityReportd("pred", "."))
     for p in w.output_files("s")
 )
-"""What a finished study has with ``--clinical_pictures false``."""
+"""What a finished study has with ``--clinical_pictures false`` (NIfTI input: no DICOM SEG)."""
 
 
 def phantoms(folder: Path, names: list[str], seed: int = 7000, num_slices: int = 5, num_phases: int = 6) -> None:
@@ -146,15 +144,7 @@ def test_a_killed_cohort_run_resumes_without_redoing_finished_studies(tmp_path: 
     data, out = tmp_path / "data", tmp_path / "out"
     names = ["s1", "s2", "s3"]
     phantoms(data, names, seed=7200, num_slices=4, num_phases=4)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        bundle_command("inference", "inference.json", *inference_flags(data, out, "--progress", "true")),
-        cwd=REPO,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_bundle("inference", "inference.json", *inference_flags(data, out, "--progress", "true"))
     seen = []
     try:
         for line in proc.stdout:  # s1 is finished, s2 is being loaded

@@ -106,8 +106,8 @@ def test_inference_writes_4d_label_maps(phantom_studies: Path, tmp_path: Path) -
 
 
 def test_boolean_flags_do_what_they_say(phantom_studies: Path, tmp_path: Path) -> None:
-    """``--clinical_outputs false`` writes the label map alone; ``--amp true`` runs (bfloat16 on a CPU);
-    ``--overwrite true`` replaces the earlier result."""
+    """``--clinical_outputs false --quality_report false`` writes the label map alone; ``--amp true`` runs (bfloat16
+    on a CPU); ``--overwrite true`` replaces the earlier result."""
     study = sorted(p for p in phantom_studies.iterdir() if p.is_dir())[0]
     out = tmp_path / "out"
     result = run_bundle(
@@ -119,6 +119,8 @@ def test_boolean_flags_do_what_they_say(phantom_studies: Path, tmp_path: Path) -
         str(out),
         "--clinical_outputs",
         "false",
+        "--quality_report",
+        "off",
         "--amp",
         "true",
     )
@@ -144,6 +146,8 @@ def test_boolean_flags_do_what_they_say(phantom_studies: Path, tmp_path: Path) -
     assert sorted(p.name for p in (out / study.name).iterdir()) == [
         "cardiac_function.json",
         "label_4d.nii.gz",
+        "qc.csv",
+        "qc.json",
         "report.md",
         "volumes.csv",
     ]

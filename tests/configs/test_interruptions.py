@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, bundle_command, run_bundle
+from helpers import REPO, bundle_command, run_bundle, start_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +35,7 @@ TRAINING = [
 def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     out, demo = tmp_path / "run", tmp_path / "phantom"
     args = [*TRAINING, "--demo_dir", str(demo), "--output_dir", str(out)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        bundle_command("training", "train.json", *args),
-        cwd=REPO,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_bundle("training", "train.json", *args)
     seen = []
     try:
         for line in proc.stdout:  # the first iteration of epoch 2: epoch 1 is saved, epoch 2 is under way

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import CONFIGS, REPO
+from helpers import CONFIGS, REPO, torchrun_command
 
 pytestmark = pytest.mark.slow
 
@@ -37,37 +36,12 @@ def test_two_processes_with_gloo_agree_on_the_weights(tmp_path: Path) -> None:
         )
     )
     configs = [str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json"), str(dump)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
+    cmd = torchrun_command(
         "training",
-        "--config_file",
-        repr(configs),
-        "--dist_backend",
-        "gloo",
-        "--device",
-        "$torch.device('cpu')",
-        "--dataset_dir",
-        str(data),
-        "--num_val",
-        "3",
-        "--max_epochs",
-        "1",
-        "--val_interval",
-        "1",
-        "--samples_per_study",
-        "2",
-        "--num_workers",
-        "0",
-        "--output_dir",
-        str(out),
-    ]
+        configs,
+        *("--dataset_dir", str(data), "--num_val", "3", "--max_epochs", "1", "--val_interval", "1"),
+        *("--samples_per_study", "2", "--num_workers", "0", "--output_dir", str(out)),
+    )
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from helpers import BUNDLE, CONFIGS, REPO
+from helpers import BUNDLE, CONFIGS, REPO, torchrun_command
 from scripts.data import write_phantom_studies
 from scripts.data.cohort import TIMING
 
@@ -72,31 +71,11 @@ def test_two_gloo_ranks_write_what_one_process_writes(tmp_path: Path) -> None:
     write_phantom_studies(str(data), num_studies=3, seed=7300, image_size=(96, 96), num_slices=4, num_phases=4)
     single_process(data, one)
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
+    cmd = torchrun_command(
         "inference",
-        "--config_file",
-        repr([str(CONFIGS / "inference.json"), str(CONFIGS / "multi_gpu_inference.json")]),
-        "--dist_backend",
-        "gloo",
-        "--device",
-        "$torch.device('cpu')",
-        "--dataset_dir",
-        str(data),
-        "--output_dir",
-        str(two),
-        "--clinical_pictures",
-        "false",
-        "--progress",
-        "true",
-    ]
+        [str(CONFIGS / "inference.json"), str(CONFIGS / "multi_gpu_inference.json")],
+        *("--dataset_dir", str(data), "--output_dir", str(two), "--clinical_pictures", "false", "--progress", "true"),
+    )
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     log = result.stdout + result.stderr

@@ -49,8 +49,10 @@ def test_shipped_weights_record_how_they_were_trained(name: str, mode: str, reci
     assert state["training"]["recipe"] == recipe and state["training"]["params"]["matching_mode"] == mode
     network = CSTM(**state["network"])
     network.load_state_dict(state["model"])  # strict: the record rebuilds exactly these weights' network
-    if name == "model.pt":  # 0.5.0: both stages of its training are recorded
-        assert [s["recipe"] for s in state["training"]["stages"]] == ["pretrain_static.json", "train_acdc.json"]
+    if name == "model.pt":  # 0.6.0: every stage of its training is recorded (0.5.0's two, then the fine-tune)
+        stages = state["training"]["stages"]
+        assert [s["recipe"] for s in stages] == ["pretrain_static.json", "train_acdc.json", "train_acdc.json"]
+        assert stages[-1]["from"].startswith("model.pt 0.5.0") and stages[-1]["iterations"] == 2424
 
 
 def test_inference_config_builds_the_network_its_checkpoint_records() -> None:

@@ -37,7 +37,7 @@ from ..io import save_json, write_atomic
 logger = logging.getLogger(__name__)
 
 QC_FILES = ("qc.csv", "qc.json")
-MIN_SCORE = 0.9
+MIN_SCORE = 0.85
 """Frames scoring below this are flagged (chosen on the validation split: docs/README.md, "Quality report")."""
 MAX_AREA_JUMP = 0.5
 """Frames whose class areas differ from their neighbouring phases' by more than this fraction are flagged."""
