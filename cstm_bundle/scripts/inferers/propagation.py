@@ -423,7 +423,6 @@ class Propagation4DInferer(Inferer):
             (:func:`frame_confidence`) whose class differs.
         """
         num_slices, num_phases = frames.shape[:2]
-        anchor_digests = {f: tensor_digest(lab) for f, lab in anchors.items()}
         results = []
         for backward in [False, True] if self.time_direction == "both" else [False]:
             probs = frames.new_zeros((*frames.shape[:2], network.num_classes, *frames.shape[2:]), dtype=torch.float16)
@@ -431,7 +430,7 @@ class Propagation4DInferer(Inferer):
             known: dict[Frame, Tensor] = dict(anchors)
             if self.cache is not None:
                 key = self.cache.key(network, frames, backward)
-                signatures = chain_signatures(plan, anchor_digests)
+                signatures = chain_signatures(plan, {f: tensor_digest(lab) for f, lab in anchors.items()})
                 entry = self.cache.load(key)
                 if entry is not None and tuple(entry["probabilities"].shape) == tuple(probs.shape):
                     kept = [f for f in plan if entry["signatures"].get(f) == signatures[f]]
@@ -453,11 +452,11 @@ class Propagation4DInferer(Inferer):
             results.append((labels.permute(2, 3, 0, 1), probs))
         if len(results) == 1:
             return (*results[0], None)
-        (forward, p_forward), (backward, p_backward) = results
-        w = p_forward.new_tensor(time_direction_weights(num_phases, [t for _, t in anchors]))[None, :, None, None, None]
-        fused = p_forward * w + p_backward * (1 - w)
+        (labels_f, probs_f), (labels_b, probs_b) = results
+        w = probs_f.new_tensor(time_direction_weights(num_phases, [t for _, t in anchors]))[None, :, None, None, None]
+        fused = probs_f * w + probs_b * (1 - w)
         heart = _heart_pixels(fused)
-        disagreement = ((forward != backward) & heart).sum((-2, -1)) / heart.sum((-2, -1)).clamp(min=1)
+        disagreement = ((labels_f != labels_b) & heart).sum((-2, -1)) / heart.sum((-2, -1)).clamp(min=1)
         return class_argmax(fused, 2).to(torch.uint8), fused, disagreement.float()
 
 
