@@ -14,7 +14,8 @@ What it does, as a user would with ``monailabel start_server``, without opening 
    and starts its FastAPI server app in-process (``fastapi.testclient``): ``GET /info/``, then
    ``POST /infer/cstm_bundle?image=cine&output=image`` with the annotation uploaded as the request's ``label`` (the
    way a client sends a label with an inference request), and the same request without it, which must fail saying so;
-4. calls the app object as Python would, ``app.infer({"model": ..., "image": "cine", "label": <path>})``.
+4. calls the app object as Python would, ``app.infer({"model": ..., "image": "cine", "label": <path>})``, then
+   again with the ES phase drawn into the same label file (a correction): both phases must come back as drawn.
 
 Both label maps must be (H, W, T), equal, hold the annotated phase unchanged, and reach a mean ES Dice (RV, Myo, LV)
 against the phantom truth above copy-ED + 0.05. Prints the numbers; exits non-zero on any failure.
@@ -199,6 +200,25 @@ def main() -> int:
             failures += check("app.infer", labels_py, truth, annotation, ed, es)
             if labels_py.shape == labels_http.shape and not np.array_equal(labels_py, labels_http):
                 failures.append("app.infer and HTTP /infer returned different label maps")
+
+            # the correction loop: the ES phase drawn into the same label file, beside ED, and sent again
+            corrected = annotation.copy()
+            corrected[..., es] = truth[..., es]
+            corrected_path = annotation_path.with_name("corrected.nii.gz")
+            nib.save(nib.Nifti1Image(corrected, nib.load(annotation_path).affine), corrected_path)
+            result = app.infer({"model": MODEL, "image": "cine", "label": str(corrected_path), "device": "cpu"})
+            labels_fix = np.asarray(nib.load(result["file"]).dataobj)
+            os.remove(result["file"])
+            if not (
+                np.array_equal(labels_fix[..., ed], truth[..., ed])
+                and np.array_equal(labels_fix[..., es], truth[..., es])
+            ):
+                failures.append("a label with two annotated phases did not come back with both phases as drawn")
+            between = [t for t in range(truth.shape[-1]) if t not in (ed, es)]
+            before, after = (
+                np.mean([dice(x[..., t], truth[..., t]) for t in between]) for x in (labels_py, labels_fix)
+            )
+            print(f"correction (ED + ES annotated): mean Dice of the other phases {before:.3f} -> {after:.3f}")
     finally:
         observer = getattr(app.datastore(), "_observer", None) if app is not None else None
         if observer is not None:  # the datastore's file watcher, before its folder goes
