@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,25 @@ def torchrun_command(run_id: str, configs: list[str], *overrides: str, nproc: in
         "$torch.device('cpu')",
         *overrides,
     ]
+
+
+def kill_bundle_at(marker: str, run_id: str, config: str | list[str], *overrides: str) -> list[str]:
+    """Start :func:`start_bundle`, SIGKILL it at the first output line that contains ``marker`` (as a crash or a
+    killed job would end it), and return the lines it printed.
+
+    Raises:
+        AssertionError: the run ended before printing ``marker`` (its last lines are the message).
+    """
+    proc = start_bundle(run_id, config, *overrides)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    return seen

@@ -8,14 +8,13 @@ import csv
 import json
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import run_bundle, start_bundle
+from helpers import kill_bundle_at, run_bundle
 from scripts.data import SaveStudyLabeld, write_phantom_studies
 from scripts.metrics import CardiacOutputsd, QualityReportd
 
@@ -144,18 +143,13 @@ def test_a_killed_cohort_run_resumes_without_redoing_finished_studies(tmp_path: 
     data, out = tmp_path / "data", tmp_path / "out"
     names = ["s1", "s2", "s3"]
     phantoms(data, names, seed=7200, num_slices=4, num_phases=4)
-    proc = start_bundle("inference", "inference.json", *inference_flags(data, out, "--progress", "true"))
-    seen = []
-    try:
-        for line in proc.stdout:  # s1 is finished, s2 is being loaded
-            seen.append(line)
-            if "study 1/3 (s1): done; elapsed " in line:
-                proc.send_signal(signal.SIGKILL)
-                break
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    # killed when s1 is finished and s2 is being loaded
+    kill_bundle_at(
+        "study 1/3 (s1): done; elapsed ",
+        "inference",
+        "inference.json",
+        *inference_flags(data, out, "--progress", "true"),
+    )
     assert sorted(p.name for p in out.iterdir()) == ["s1"] and not (out / "cohort.csv").exists()
     finished = {p: p.stat().st_mtime_ns for p in (out / "s1").iterdir()}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, bundle_command, run_bundle, start_bundle
+from helpers import REPO, bundle_command, kill_bundle_at, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -35,18 +34,7 @@ TRAINING = [
 def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     out, demo = tmp_path / "run", tmp_path / "phantom"
     args = [*TRAINING, "--demo_dir", str(demo), "--output_dir", str(out)]
-    proc = start_bundle("training", "train.json", *args)
-    seen = []
-    try:
-        for line in proc.stdout:  # the first iteration of epoch 2: epoch 1 is saved, epoch 2 is under way
-            seen.append(line)
-            if "Epoch: 2/3, Iter: 1/" in line:
-                proc.send_signal(signal.SIGKILL)
-                break
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    kill_bundle_at("Epoch: 2/3, Iter: 1/", "training", "train.json", *args)  # epoch 1 saved, epoch 2 under way
     killed = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert killed["trainer"]["iteration"] == killed["trainer"]["epoch_length"] == 2  # epoch 1 only: 1 epoch lost
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind

@@ -184,11 +184,12 @@ class EvaluationReport:
             )
             anchors += [tuple(f) for f in reference["anchor_frames"].tolist()]
         group = str(d.get("group") or "")
+        scored: dict[int, dict[int, list[int]]] = {}  # phase t -> class -> the z scored
         for phase, t in (("ED", ed), ("ES", es)):
             if phase == "ES" and es == ed:
                 continue
             skip = [z for z, p in anchors if p == t]  # the annotated frames are given, not predicted
-            slices = scored_slices(label, info, phase.lower(), t, skip, d["study_dir"])
+            slices = scored[t] = scored_slices(label, info, phase.lower(), t, skip, d["study_dir"])
             if not slices:
                 continue
             for method, pred in predictions.items():
@@ -213,7 +214,7 @@ class EvaluationReport:
                     )
         self._add_function(d["study"], group, label, predictions, info, ed, es, voxel_volume_ml(affine), d["study_dir"])
         if QC_CONFIDENCE in getattr(d["pred"], "meta", {}):
-            self._add_quality(d, label, info, anchors, base_first)
+            self._add_quality(d, label, scored, anchors, base_first)
         logger.info(
             f"{d['study']}: scored ({', '.join(predictions)}"
             f"{', ' + ', '.join(self.baselines) if self.baselines else ''})"
@@ -271,17 +272,22 @@ class EvaluationReport:
             self.function_rows += agreement_rows(study, group, "copy_ed", ours, reference, ES_QUANTITIES)
 
     def _add_quality(
-        self, d: Mapping[Hashable, Any], label: np.ndarray, info: Mapping[str, Any], anchors: list, base_first: bool
+        self,
+        d: Mapping[Hashable, Any],
+        label: np.ndarray,
+        scored: Mapping[int, Mapping[int, list[int]]],
+        anchors: list,
+        base_first: bool,
     ) -> None:
         """Pair every scored ED/ES frame's quality score (:mod:`.quality`) with its Dice (mean over the classes the
-        truth draws there that the prediction or the truth holds)."""
+        truth draws there that the prediction or the truth holds).
+
+        Args:
+            scored: phase t -> class -> the z scored there (as for Dice and HD95).
+        """
         pred, confidence, disagreement = quality_inputs(d)
         rows = {(r["z"], r["t"]): r for r in frame_quality(pred, confidence, disagreement, anchors, base_first)}
-        for phase, t in {"ed": int(d["ed"]), "es": int(d["es"])}.items():
-            if phase == "es" and t == int(d["ed"]):
-                continue
-            skip = [z for z, p in anchors if p == t]
-            by_class = scored_slices(label, info, phase, t, skip, d["study_dir"])
+        for t, by_class in scored.items():
             for z in sorted({s for zs in by_class.values() for s in zs}):
                 classes = [c for c, zs in by_class.items() if z in zs]
                 dice = _frame_dice(pred[:, :, z, t], label[:, :, z, t], classes)
