@@ -481,10 +481,12 @@ def frame_confidence(probs: Tensor) -> Tensor:
     Returns:
         (Z, T) float32 in [1/O, 1].
     """
-    heart = _heart_pixels(probs)
-    top = probs.float().amax(2)
-    score = (top * heart).sum((-2, -1)) / heart.sum((-2, -1)).clamp(min=1)
-    return torch.where(heart.any(-1).any(-1), score, torch.ones_like(score))
+    scores = []
+    for per_slice in probs:  # one slice at a time: no float32 copy of the whole study
+        heart = _heart_pixels(per_slice)
+        score = (per_slice.float().amax(1) * heart).sum((-2, -1)) / heart.sum((-2, -1)).clamp(min=1)
+        scores.append(torch.where(heart.any(-1).any(-1), score, torch.ones_like(score)))
+    return torch.stack(scores)
 
 
 def _check_labels(labels: Tensor, frame: Frame, num_classes: int) -> None:
