@@ -17,7 +17,7 @@ import shutil
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -102,9 +102,10 @@ class Inference:
 
     dataset_dir: Path
     output_dir: Path
+    overrides: dict = field(default_factory=dict)
 
     def __call__(self) -> list[dict]:
-        parser = inference_parser(self.dataset_dir, self.output_dir)
+        parser = inference_parser(self.dataset_dir, self.output_dir, **self.overrides)
         parser.get_parsed_content("check_outputs")
         preprocessing = parser.get_parsed_content("preprocessing")
         return [preprocessing(item) for item in parser.get_parsed_content("datalist")]
@@ -353,7 +354,15 @@ def label_truncated(tmp: Path) -> Inference:
 
 
 def annotation_missing(tmp: Path) -> Inference:
-    return study_with(tmp, label_ed=False)
+    action = study_with(tmp, label_ed=False)
+    action.overrides["annotation"] = "required"
+    return action
+
+
+def initializer_missing(tmp: Path) -> Inference:
+    action = study_with(tmp, label_ed=False)  # --annotation if_missing (the default): the initialiser is needed
+    action.overrides["initializer_checkpoint"] = str(tmp / "init.pt")
+    return action
 
 
 def annotation_without_phase(tmp: Path) -> Inference:
@@ -584,6 +593,7 @@ CASES = [
     ("label_values_outside", label_values_outside, "label_ed.nii.gz: label values [0, 1, 2, 3, 7] outside [0, 1, 2"),
     ("label_truncated", label_truncated, "label_ed.nii.gz: cannot be read as NIfTI (Compressed file ended"),
     ("annotation_missing", annotation_missing, "study: no annotation: neither annotation.nii.gz nor label_ed.nii.gz"),
+    ("initializer_missing", initializer_missing, "init.pt: no initialiser weights; expected models/init.pt"),
     ("annotation_without_phase", annotation_without_phase, "info.json: missing 'annotated_phase' for annotation.nii"),
     ("info_missing", info_missing, "info.json: missing 'ed' for label_ed.nii.gz"),
     ("info_not_json", info_not_json, "info.json: cannot be read as JSON"),

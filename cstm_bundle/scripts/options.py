@@ -84,6 +84,8 @@ OPTIONS: dict[str, Option] = {
     "max_batch": _int(1),
     "on_error": Option("choice", choices=("continue", "stop")),
     "skip_done": _BOOL,
+    "annotation": Option("choice", choices=("if_missing", "auto", "required")),
+    "initializer_checkpoint": Option("path", optional=True),
     # network and propagation
     "variant": Option("choice", choices=("small", "full"), optional=True),
     "matching_mode": Option("choice", choices=("plm", "dense"), optional=True),
@@ -122,6 +124,9 @@ OPTIONS: dict[str, Option] = {
     "encoder_norm": Option("choice", choices=("group", "frozen_batch")),
     "dataset_weight": Option("float", low=0, positive=True),
     "dataset_layout": Option("choice", choices=("study", "acdc", "mnms", "datalist")),
+    "crop_size": _int(16),
+    "samples_per_frame": _int(1),
+    "pixel_spacing": Option("float", low=0, positive=True),
 }
 """The typed options of every config, by config id."""
 

@@ -136,7 +136,7 @@ def test_shipped_weights_beat_copy_ed_and_dense_runs_on_held_out_acdc(tmp_path: 
     result = run_bundle("evaluate", EVALUATE, "--dataset_dir", str(studies), "--output_dir", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     es = {method: m["ES"]["whole"] for method, m in json.loads((out / "summary.json").read_text())["metrics"].items()}
-    assert set(es) == {"model", "copy_ed", "dense"}
+    assert set(es) == {"model", "copy_ed", "initializer", "dense"}
     print(
         "\nES whole-heart 2D Dice, LV/Myo/RV/mean: "
         + "; ".join(

@@ -17,6 +17,7 @@ from scripts.networks import (
     CSTM,
     build_cstm,
     build_cstm_from_checkpoint,
+    build_initializer_from_checkpoint,
     read_checkpoint,
     recorded_roi,
     save_weights,
@@ -53,6 +54,15 @@ def test_shipped_weights_record_how_they_were_trained(name: str, mode: str, reci
         stages = state["training"]["stages"]
         assert [s["recipe"] for s in stages] == ["pretrain_static.json", "train_acdc.json", "train_acdc.json"]
         assert stages[-1]["from"].startswith("model.pt 0.5.0") and stages[-1]["iterations"] == 2424
+
+
+def test_shipped_initializer_records_how_it_was_trained() -> None:
+    state = read_checkpoint(MODELS / "init.pt")
+    assert state["variant"] == "initializer" and state["training"]["recipe"] == "train_init.json"
+    assert state["roi"]["roi_spacing"] == state["training"]["params"]["pixel_spacing"]
+    network = build_initializer_from_checkpoint(MODELS / "init.pt")
+    network.load_state_dict(state["model"])  # strict
+    assert network.config["filters"] == state["training"]["params"]["filters"]
 
 
 def test_inference_config_builds_the_network_its_checkpoint_records() -> None:

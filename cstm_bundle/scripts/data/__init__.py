@@ -1,6 +1,7 @@
 from .batch import StudyBatch, check_study
 from .dicom import CineDicomReader, read_cine_dicom, scan_cine_dicom
 from .dicom_seg import SaveDicomSegd, cine_segmentation
+from .frames import labelled_frames
 from .label_app import AnnotationChanneld, CineSliceLabeld
 from .layouts import LAYOUTS, convert_layout, prepare_dataset, read_acdc_cfg
 from .phantom import PhantomStudy, make_phantom_study, write_phantom_studies
@@ -39,6 +40,7 @@ __all__ = [
     "check_study",
     "cine_segmentation",
     "convert_layout",
+    "labelled_frames",
     "list_studies",
     "load_split",
     "make_phantom_study",

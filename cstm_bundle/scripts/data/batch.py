@@ -40,7 +40,7 @@ FAILED_KEY = "study_error"
 """Key of the item that :meth:`StudyBatch.load` returns for a study that failed to load: the problem, one line."""
 
 
-def check_study(study: Mapping[str, Any]) -> None:
+def check_study(study: Mapping[str, Any], annotation: str = "required") -> None:
     """The checks of one study that read no pixel data: its image file or DICOM series (format, shape, geometry),
     its ``info.json`` and its annotated frame (file, phase, grid, values, not empty), as ``LoadStudyd`` finds it.
 
@@ -48,6 +48,8 @@ def check_study(study: Mapping[str, Any]) -> None:
 
     Args:
         study: an item of :func:`~.readers.list_studies` ("image", "study_dir").
+        annotation: ``--annotation`` (:func:`~.transforms.read_annotation`): "if_missing"/"auto" accept a study
+            without annotation.
     Raises:
         CSTMInputError: naming the file and the problem.
     """
@@ -57,7 +59,8 @@ def check_study(study: Mapping[str, Any]) -> None:
     else:
         shape = check_image_file(image)
     affine, _ = image_geometry(image)
-    read_annotation(folder, read_info(folder), tuple(shape), affine)  # the run's own check, minus the pixels
+    # the run's own check, minus the pixels
+    read_annotation(folder, read_info(folder), tuple(shape), affine, annotation=annotation)
 
 
 def describe(error: BaseException, study_dir: str | os.PathLike | None = None) -> str:
@@ -93,6 +96,7 @@ class StudyBatch:
         cohort_file: where :meth:`run` writes the cohort table (:mod:`.cohort`), rewritten at the end of every run;
             only when the writers write a JSON report per study (``cardiac_function.json``: the clinical outputs).
             None writes none.
+        annotation: ``--annotation``: what the screening accepts (:func:`check_study`).
         distributed: each rank of an initialized ``torch.distributed`` process group takes its share of the screened
             studies (``DistributedSampler``, in order, not padded); rank 0 logs the screening, the summary and writes
             the cohort table after every rank is done.
@@ -109,6 +113,7 @@ class StudyBatch:
         progress: bool = False,
         timer: Any = None,
         cohort_file: str | os.PathLike | None = None,
+        annotation: str = "required",
         distributed: bool = False,
     ):
         if on_error not in ("continue", "stop"):
@@ -118,6 +123,7 @@ class StudyBatch:
         self.transform, self.writers = transform, list(writers)
         self.on_error, self.skip_done, self.progress, self.timer = on_error, skip_done, progress, timer
         self.cohort_file = None if cohort_file is None else Path(cohort_file)
+        self.annotation = annotation
         self.distributed = distributed
         self.rank, self.world = 0, 1
         self.todo: list[dict[str, Any]] | None = None
@@ -174,7 +180,7 @@ class StudyBatch:
                 self.done.append(study["study"])
                 continue
             try:
-                check_study(study)
+                check_study(study, self.annotation)
             except Exception as e:  # the up-front checks raise CSTMInputError; anything else is listed the same way
                 bad.append((study["study_dir"], e))
                 continue

@@ -107,3 +107,19 @@ def paste_probabilities(probabilities: Tensor, box: Box, image_size: tuple[int, 
         :, top - box.top : bottom - box.top, left - box.left : right - box.left
     ].to(torch.uint8)
     return out
+
+
+def resize_to_spacing(x: Tensor, input_spacing: tuple[float, float], spacing: float, mode: str = "bilinear") -> Tensor:
+    """Resample whole frames to square pixels of ``spacing`` mm (the initialiser's grid; no cropping).
+
+    Args:
+        x: (N, C, H, W).
+        input_spacing: (row, column) spacing of ``x`` in mm.
+        mode: "bilinear" for images (antialiased where shrunk), "nearest" for labels.
+    Returns:
+        (N, C, round(H * row spacing / spacing), round(W * column spacing / spacing)), the dtype of ``x``.
+    """
+    size = tuple(max(1, round(n * float(s) / spacing)) for n, s in zip(x.shape[-2:], input_spacing, strict=True))
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    kwargs = {"align_corners": False, "antialias": shrink} if mode == "bilinear" else {}
+    return F.interpolate(x.float(), size=size, mode=mode, **kwargs).to(x.dtype)

@@ -76,6 +76,8 @@ class LoadStudyd(MapTransform):
             None leaves the labels as drawn.
         reference_anchors: without ``annotation.nii.gz``, how many annotated frames to take from the ground truth
             (:data:`REFERENCE_ANCHORS`: 1 the ED middle slice, the paper's setting; 2 + ES; 3 + an ED apical slice).
+        annotation: "required" (no annotation: error), "if_missing" or "auto" (:func:`read_annotation`; the
+            anchor then comes from :class:`~scripts.inferers.AutoAnchord`, next in the inference chain).
     Raises:
         CSTMInputError: wrong dimensionality, NaN/Inf or constant image, missing or empty annotation, bad label files.
     """
@@ -86,11 +88,13 @@ class LoadStudyd(MapTransform):
         with_labels: bool = False,
         partial_margin_mm: float | None = None,
         reference_anchors: int = 1,
+        annotation: str = "required",
     ):
         super().__init__(keys)
         self.with_labels = with_labels
         self.partial_margin_mm = partial_margin_mm
         self.reference_anchors = reference_anchors
+        self.annotation = annotation
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -111,7 +115,11 @@ class LoadStudyd(MapTransform):
         info = read_info(d["study_dir"])
         from_affine = base_first_from_affine(affine)
         d["base_first"] = bool(info.get("base_first", True if from_affine is None else from_affine))
-        d.update(read_annotation(Path(d["study_dir"]), info, shape, affine, self.reference_anchors, d["base_first"]))
+        d.update(
+            read_annotation(
+                Path(d["study_dir"]), info, shape, affine, self.reference_anchors, d["base_first"], self.annotation
+            )
+        )
         if self.with_labels:
             d.update(self._labels(Path(d["study_dir"]), info, shape, affine))
         return d
@@ -153,6 +161,7 @@ def read_annotation(
     affine: np.ndarray,
     reference_anchors: int = 1,
     base_first: bool = True,
+    annotation: str = "required",
 ) -> dict[str, Any]:
     """The annotated frames of a study (no pixel data of the image needed), as :class:`LoadStudyd` documents them:
     ``annotation`` (H, W) uint8, ``annotation_slice`` and ``annotation_phase`` of the primary frame, and every
@@ -169,10 +178,24 @@ def read_annotation(
         study: the study folder; info: its ``info.json``; shape: the image's (H, W, Z, T); affine: its (4, 4) affine.
         reference_anchors: how many of :data:`REFERENCE_ANCHORS` to take from the ground truth (1-3).
         base_first: z = 0 is the most basal slice (which slices are apical).
+        annotation: "required": no annotation is an error; "if_missing": a study without one gets no anchor, for
+            :class:`~scripts.inferers.AutoAnchord` to make it; "auto": no anchor read, every study gets AutoAnchord's.
+    Returns:
+        also ``anchor_source``: the annotation file's name, or None where no anchor was read (then ``anchor_frames``
+        is empty and ``annotation`` all background).
     Raises:
         CSTMInputError: no annotation file, a phase outside the image, a label file off the grid, an empty annotation.
     """
-    path, phase_key, phase_name = annotation_source(study)
+    if annotation not in ("required", "if_missing", "auto"):
+        raise ValueError(f"annotation must be 'required', 'if_missing' or 'auto', got {annotation!r}.")
+    try:
+        if annotation == "auto":
+            return _no_anchor(shape)
+        path, phase_key, phase_name = annotation_source(study)
+    except CSTMInputError:
+        if annotation == "if_missing":
+            return _no_anchor(shape)
+        raise
     if phase_name is None and _label_ndim(path) == 4:
         volume = read_label(path, shape, affine, phases=True)  # (H, W, Z, T)
         anchors = {(z, t): volume[:, :, z, t] for z, t in zip(*np.nonzero(volume.any(axis=(0, 1))), strict=True)}
@@ -207,6 +230,18 @@ def read_annotation(
         "annotation_phase": primary[1],
         "anchor_frames": torch.as_tensor(frames, dtype=torch.long).reshape(-1, 2),
         "anchor_labels": torch.as_tensor(np.stack([anchors[f] for f in frames])),
+        "anchor_source": path.name,
+    }
+
+
+def _no_anchor(shape: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        "annotation": torch.zeros(shape[:2], dtype=torch.uint8),
+        "annotation_slice": -1,
+        "annotation_phase": -1,
+        "anchor_frames": torch.zeros((0, 2), dtype=torch.long),
+        "anchor_labels": torch.zeros((0, *shape[:2]), dtype=torch.uint8),
+        "anchor_source": None,
     }
 
 

@@ -125,7 +125,9 @@ class QualityReportd(MapTransform):
     """Write ``<output_dir>/<study>/qc.csv`` and ``qc.json`` and log the frame to correct next.
 
     ``qc.json``: the study, counts of frames and flagged frames, the lowest-scoring frame that is not annotated
-    (``correct_next``: z, t, region, score), the thresholds, and the mean score.
+    (``correct_next``: z, t, region, score), the thresholds, the mean score, where the anchor came from
+    (``anchor_source``: the annotation file, or "generated") and, for a generated one, ``generated_anchor`` (z, t,
+    the initialiser's confidence, how the phase was chosen, its weights: :class:`~scripts.inferers.AutoAnchord`).
 
     Args:
         keys: the prediction key, (1, H, W, Z, T) with the inferer's quality meta.
@@ -163,6 +165,8 @@ class QualityReportd(MapTransform):
                 "correct_next": None if worst is None else {k: worst[k] for k in ("z", "t", "region", "score")},
                 "thresholds": {"min_score": MIN_SCORE, "max_area_jump": MAX_AREA_JUMP},
                 "score": "confidence × (1 − disagreement); docs/README.md, 'Quality report'",
+                "anchor_source": d.get("anchor_source"),
+                "generated_anchor": _plain(d.get("generated_anchor")),
             }
             save_json(summary, json_path, self.overwrite)
             if worst is not None:
@@ -171,6 +175,15 @@ class QualityReportd(MapTransform):
                     f"{worst['z']} ({worst['region']}), phase {worst['t']}, score {worst['score']:.3f} ({json_path})"
                 )
         return d
+
+
+def _plain(value: Any) -> Any:
+    """A decollated item's value as JSON: tensors and numpy scalars to Python numbers, recursively."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
 
 
 def _write_csv(tmp: str, rows: list[dict[str, Any]]) -> None:

@@ -6,6 +6,8 @@ attached as a handler (it writes the files when the run completes). Methods scor
 - ``model``: the evaluator's prediction (the bundle's network, ``matching_mode`` of the config);
 - ``copy_ed``: the ED ground truth copied to every phase (no propagation; the floor). Scored at ES only, since at ED
   it is the truth itself, and only on slices labelled at both ED and ES;
+- ``initializer``: the initialiser (``models/init.pt``, :class:`~scripts.inferers.FrameInitializer`) alone, every
+  ED and ES frame segmented on its own (no propagation; the fully automatic alternative), when its weights exist;
 - any extra model given in ``models`` (e.g. ``dense``: the same network in dense STCN matching mode, when weights
   for it exist), run with the evaluator's inferer on the same annotated frame.
 
@@ -36,6 +38,7 @@ from scipy.stats import spearmanr
 from ..data.study import read_info, slice_classes
 from ..data.transforms import UNLABELLED, read_annotation
 from ..errors import CSTMInputError
+from ..inferers.initializer import GENERATED, FrameInitializer
 from ..inferers.propagation import QC_CONFIDENCE
 from ..io import save_json, write_atomic
 from ..networks.weights import build_cstm_from_checkpoint, read_checkpoint, state_dict_of
@@ -61,6 +64,7 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 COLUMNS = ("study", "group", "method", "phase", "region", "class", *METRICS, "num_slices", "num_empty", "num_missed")
 PHASES = ("ED", "ES")
+BASELINES = ("copy_ed", "initializer")
 QUALITY_FILE = "quality.csv"
 """Every scored frame's quality score and flag (:mod:`.quality`) beside its Dice."""
 OUTPUT_FILES = (METRICS_FILE, SUMMARY_FILE, AGREEMENT_FILE, BLAND_ALTMAN_FILE, QUALITY_FILE)
@@ -131,11 +135,14 @@ class EvaluationReport:
     Args:
         output_dir: where the files go.
         overwrite: replace existing files.
-        baselines: non-learned baselines to score beside the model: "copy_ed".
+        baselines: baselines to score beside the model: "copy_ed", "initializer" (needs ``initializer`` with weights;
+            skipped with a log line without).
+        initializer: the :class:`~scripts.inferers.FrameInitializer` of the "initializer" baseline.
         models: extra name -> network (e.g. {"dense": ...}), predicted with ``inferer``; see :func:`load_models`.
         inferer: the evaluator's inferer (needed for ``models``).
         timer: a :class:`StudyTimer` attached to the same evaluator; its records go into the summary.
-        skip_reference_anchors: also leave unscored the frames that ``--reference_anchors`` this many would make
+        skip_reference_anchors: the given anchors are not scored (a generated one, ``--annotation auto``, is); also
+            leave unscored the frames that ``--reference_anchors`` this many would make
             anchors (:func:`~scripts.data.transforms.read_annotation`), so that runs with 1, 2 or 3 anchors are scored
             on the same frames; None: only this run's own anchors.
     """
@@ -149,15 +156,20 @@ class EvaluationReport:
         inferer: Inferer | None = None,
         timer: StudyTimer | None = None,
         skip_reference_anchors: int | None = None,
+        initializer: FrameInitializer | None = None,
     ):
-        unknown = set(baselines) - {"copy_ed"}
+        unknown = set(baselines) - set(BASELINES)
         if unknown:
-            raise CSTMInputError("baselines", f"unknown baselines {sorted(unknown)}", "a subset of ['copy_ed']")
+            raise CSTMInputError("baselines", f"unknown baselines {sorted(unknown)}", f"a subset of {list(BASELINES)}")
         if models and inferer is None:
             raise ValueError("EvaluationReport: extra models need the inferer.")
+        if "initializer" in baselines and not (initializer is not None and initializer.available):
+            logger.info(f"baseline 'initializer' skipped: no weights at {getattr(initializer, 'checkpoint', None)}")
+            baselines = [b for b in baselines if b != "initializer"]
         self.output_dir = Path(output_dir)
         self.overwrite = overwrite
         self.baselines = tuple(baselines)
+        self.initializer = initializer
         self.models = dict(models or {})
         self.inferer = inferer
         self.timer = timer
@@ -172,12 +184,16 @@ class EvaluationReport:
         predictions = {"model": to_numpy(d["pred"])[0]}
         for name, network in self.models.items():
             predictions[name] = self._predict(network, d)
+        if "initializer" in self.baselines:
+            predictions["initializer"] = self._initialize(d)
         info = read_info(d["study_dir"])
         affine = study_affine(d)
         spacing = affine_to_spacing(affine, r=3, suppress_zeros=False)  # (3,) mm
         ed, es = int(d["ed"]), int(d["es"])
         base_first = bool(d["base_first"])
-        anchors = [tuple(f) for f in torch.as_tensor(d["anchor_frames"]).reshape(-1, 2).tolist()]
+        anchors = []
+        if d.get("anchor_source") != GENERATED:
+            anchors = [tuple(f) for f in torch.as_tensor(d["anchor_frames"]).reshape(-1, 2).tolist()]
         if self.skip_reference_anchors is not None:
             reference = read_annotation(
                 Path(d["study_dir"]), info, label.shape, affine, self.skip_reference_anchors, base_first
@@ -215,10 +231,8 @@ class EvaluationReport:
         self._add_function(d["study"], group, label, predictions, info, ed, es, voxel_volume_ml(affine), d["study_dir"])
         if QC_CONFIDENCE in getattr(d["pred"], "meta", {}):
             self._add_quality(d, label, scored, anchors, base_first)
-        logger.info(
-            f"{d['study']}: scored ({', '.join(predictions)}"
-            f"{', ' + ', '.join(self.baselines) if self.baselines else ''})"
-        )
+        methods = [*predictions, *(b for b in self.baselines if b not in predictions)]
+        logger.info(f"{d['study']}: scored ({', '.join(methods)})")
         return d
 
     def _predict(self, network: torch.nn.Module, d: Mapping[Hashable, Any]) -> np.ndarray:
@@ -236,6 +250,15 @@ class EvaluationReport:
             anchor_labels=torch.as_tensor(d["anchor_labels"])[None].to(device),
         )
         return to_numpy(labels)[0, 0]  # (H, W, Z, T)
+
+    def _initialize(self, d: Mapping[Hashable, Any]) -> np.ndarray:
+        """(H, W, Z, T) labels: the initialiser's on every slice of the ED and ES phases, background elsewhere."""
+        image = torch.as_tensor(d["image"])[0]  # (H, W, Z, T)
+        out = torch.zeros(image.shape, dtype=torch.uint8)
+        for t in sorted({int(d["ed"]), int(d["es"])}):
+            frames = image[:, :, :, t].permute(2, 0, 1)  # (Z, H, W)
+            out[:, :, :, t] = self.initializer.labels(frames, tuple(d["image_spacing"].tolist())).permute(1, 2, 0)
+        return out.numpy()
 
     def _add(self, study: str, group: str, method: str, phase: str, rows: list[dict]) -> None:
         self.rows.extend({"study": study, "group": group, "method": method, "phase": phase, **r} for r in rows)
@@ -376,8 +399,10 @@ class EvaluationReport:
                 "diagonal in mm",
                 "regions": "slices ordered base to apex: first ceil(Z/3) basal, last floor(Z/3) apex, rest middle; "
                 "whole = all",
-                "frames": "every labelled ED/ES slice but the annotated frame; classes not annotated are skipped",
+                "frames": "every labelled ED/ES slice but the given annotated frames (an anchor that the initialiser "
+                "generated is scored); classes not annotated are skipped",
                 "copy_ed": "ED ground truth copied to ES (no propagation); scored at ES only (function: ESV, EF)",
+                "initializer": "the initialiser (models/init.pt) alone on every ED and ES frame, no propagation",
                 "function": "LV/RV EDV, ESV (mL), EF (%), LV mass (g, myocardium at ED x 1.05 g/mL) by summation of "
                 "discs, ours and the ground truth's on the same voxels: at each phase the slices the truth labels "
                 "there and that draw the class (the annotated frame included); an unlabelled slice counts for "

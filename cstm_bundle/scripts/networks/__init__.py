@@ -11,6 +11,7 @@ Paper "scale 4" is stride 16 and "scale 3" is stride 8; names here carry the str
 
 from .cstm import CSTM, VARIANTS, KeyFeatures, Memory, ValueFeatures, build_cstm, stack_memory
 from .export import PropagationStep
+from .initializer import INITIALIZER, InitializerNet, build_initializer_from_checkpoint
 from .matching import PatchMemoryMatcher, dense_readout, plm_readout
 from .weights import (
     build_cstm_from_checkpoint,
@@ -24,6 +25,8 @@ from .weights import (
 
 __all__ = [
     "CSTM",
+    "INITIALIZER",
+    "InitializerNet",
     "VARIANTS",
     "KeyFeatures",
     "Memory",
@@ -32,6 +35,7 @@ __all__ = [
     "ValueFeatures",
     "build_cstm",
     "build_cstm_from_checkpoint",
+    "build_initializer_from_checkpoint",
     "check_recorded_network",
     "dense_readout",
     "plm_readout",
