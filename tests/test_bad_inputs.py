@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import logging
+import os
 import shutil
 import sys
 import traceback
@@ -33,7 +35,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from dicom_writer import retag, write_cine_dicom
 from helpers import BUNDLE, TINY_CSTM, run_bundle
 from scripts.data import LoadStudyd
-from scripts.errors import CSTMInputError, check_overrides, install_error_summary
+from scripts.errors import CSTMInputError, check_overrides, error_summary, install_error_summary
 from scripts.inferers import Propagation4DInferer
 from scripts.io import save_nifti
 from scripts.networks import build_cstm, plm_readout, save_weights, weights_record
@@ -97,8 +99,9 @@ def inference_parser(dataset_dir: Path, output_dir: Path, **overrides) -> Config
 
 @dataclass
 class Inference:
-    """The loading path of ``inference.json`` in-process: ``check_outputs`` (lists the studies), then
-    ``preprocessing`` on each study, in the order ``bundle run inference`` runs them. No network is built."""
+    """The loading path of ``inference.json`` in-process: ``check_settings`` (output folder, cache folder, device),
+    ``check_outputs`` (lists and screens the studies), then ``preprocessing`` on each study, in the order
+    ``bundle run inference`` runs them. No network is built."""
 
     dataset_dir: Path
     output_dir: Path
@@ -106,6 +109,7 @@ class Inference:
 
     def __call__(self) -> list[dict]:
         parser = inference_parser(self.dataset_dir, self.output_dir, **self.overrides)
+        parser.get_parsed_content("check_settings")
         parser.get_parsed_content("check_outputs")
         preprocessing = parser.get_parsed_content("preprocessing")
         return [preprocessing(item) for item in parser.get_parsed_content("datalist")]
@@ -284,6 +288,16 @@ def dataset_without_studies(tmp: Path) -> Inference:
     return inference_on(tmp)
 
 
+def study_name_not_utf8(tmp: Path) -> Inference:
+    write_study(tmp / "data" / os.fsdecode(b"bad\xffname"))  # a Latin-1 name, as os.listdir returns it
+    return inference_on(tmp)
+
+
+def study_folder_name_not_utf8(tmp: Path) -> Inference:
+    study = write_study(tmp / "data" / os.fsdecode(b"bad\xffname"))
+    return Inference(study, tmp / "out")  # --dataset_dir the study itself
+
+
 def study_without_image(tmp: Path) -> Inference:
     write_study(tmp / "data")
     (tmp / "data" / "image.nii.gz").unlink()
@@ -431,6 +445,105 @@ def ed_equals_es_training(tmp: Path) -> Callable[[], object]:
 def es_out_of_range_training(tmp: Path) -> Callable[[], object]:
     """Training/evaluation load the ED and ES labels too (LoadStudyd with_labels)."""
     return training_study(tmp, {"ed": 0, "es": 5})
+
+
+def info_es_beyond_last_phase(tmp: Path) -> Inference:
+    """Read only by the clinical outputs, after segmentation: checked up front all the same."""
+    return study_with(tmp, info={"ed": 0, "es": 5})
+
+
+def info_height_string(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "height_cm": "180 cm"})
+
+
+def info_height_negative(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "height_cm": -175})
+
+
+def info_weight_zero(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "weight_kg": 0})
+
+
+def info_weight_nan(tmp: Path) -> Inference:
+    action = study_with(tmp)
+    (tmp / "data" / "study" / "info.json").write_text('{"ed": 0, "es": 2, "weight_kg": NaN}')  # Python's json reads it
+    return action
+
+
+def info_height_in_metres(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "height_cm": 1.75, "weight_kg": 80})
+
+
+def info_height_in_inches(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "height_cm": 69, "weight_kg": 80})  # BMI 168
+
+
+def info_labels_other_order(tmp: Path) -> Inference:
+    """M&Ms numbers its classes 1 LV, 2 Myo, 3 RV: read here as 1 RV, the labels would swap ventricles."""
+    return study_with(tmp, info={**INFO, "labels": {"0": "background", "1": "LV", "2": "MYO", "3": "RV"}})
+
+
+def info_labels_other_structure(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "labels": {"0": "background", "1": "left atrium"}})  # Decathlon Task02
+
+
+def info_base_first_string(tmp: Path) -> Inference:
+    return study_with(tmp, info={**INFO, "base_first": "false"})  # a non-empty string is true
+
+
+def annotation_class_not_declared(tmp: Path) -> Inference:
+    action = study_with(tmp, label_ed=False, info={"ed": 0, "es": 2, "annotated_phase": 0, "labels": [2, 3]})
+    save(heart_labels(*SHAPE[:3]), tmp / "data" / "study" / "annotation.nii.gz")  # draws RV too
+    return action
+
+
+def image_pixdim_zero(tmp: Path) -> Inference:
+    """No qform/sform and pixdim[2] = 0 in the file: nibabel reads the zero as 1 (a 1 mm pixel), silently."""
+    action = study_with(tmp)
+    path = tmp / "data" / "study" / "image.nii.gz"
+    img = nib.Nifti1Image(heart_image(), np.eye(4))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(path))
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[84:88] = np.float32(0).tobytes()  # pixdim[2] (nibabel fixes it on save, so the bytes are written here)
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return action
+
+
+def with_setting(tmp: Path, **overrides) -> Inference:
+    action = study_with(tmp)
+    action.overrides.update(overrides)
+    return action
+
+
+def cache_dir_is_file(tmp: Path) -> Inference:
+    (tmp / "cache").write_text("not a folder")
+    return with_setting(tmp, cache_dir=str(tmp / "cache"))
+
+
+def cache_dir_under_file(tmp: Path) -> Inference:
+    (tmp / "file.txt").write_text("a file, not a folder")
+    return with_setting(tmp, cache_dir=str(tmp / "file.txt" / "cache"))
+
+
+def cache_dir_folder_for_a_file(tmp: Path) -> Inference:
+    (tmp / "cache" / "0123456789abcdef0123456789abcdef.pt").mkdir(parents=True)
+    return with_setting(tmp, cache_dir=str(tmp / "cache"))
+
+
+def device_cuda_without_cuda(tmp: Path) -> Callable[[], object]:
+    action = with_setting(tmp, device="cuda:0")
+
+    def run() -> object:
+        with mock.patch("torch.cuda.is_available", lambda: False):
+            return action()
+
+    return run
+
+
+def device_unknown(tmp: Path) -> Inference:
+    return with_setting(tmp, device="gpu")
 
 
 # ---------------------------------------------------------------- builders: network arguments and checkpoint
@@ -583,6 +696,16 @@ CASES = [
         dataset_without_studies,
         "data: no study folder (a folder with image.nii.gz or dicom/) found",
     ),
+    (
+        "study_name_not_utf8",
+        study_name_not_utf8,
+        "data: no study folder (a folder with image.nii.gz or dicom/) found; sub-folder bad\udcffname is not a study",
+    ),
+    (
+        "study_folder_name_not_utf8",
+        study_folder_name_not_utf8,
+        "bad\udcffname: folder name b'bad\\xffname' is not UTF-8 text, so it cannot name the study's outputs",
+    ),
     ("study_without_image", study_without_image, "data/image.nii.gz: study image not found"),
     ("output_exists", output_exists, "study/label_4d.nii.gz: output file exists; expected a new --output_dir"),
     ("output_not_writable", output_not_writable, "file.txt/out: cannot create the output folder (Not a directory)"),
@@ -618,6 +741,35 @@ CASES = [
         "info.json: 'ed' and 'es' are both 2; expected the ED and ES phases",
     ),
     ("es_out_of_range_training", es_out_of_range_training, "info.json: es=5 is outside the 5 phases"),
+    ("info_es_beyond_last_phase", info_es_beyond_last_phase, "info.json: es=5 is outside the 5 phases"),
+    ("info_height_string", info_height_string, "info.json: 'height_cm' is '180 cm'; expected the patient's height"),
+    ("info_height_negative", info_height_negative, "info.json: 'height_cm' is -175, outside 40-250 cm"),
+    ("info_weight_zero", info_weight_zero, "info.json: 'weight_kg' is 0, outside 2-350 kg"),
+    ("info_weight_nan", info_weight_nan, "info.json: 'weight_kg' is nan; expected the patient's weight in kg"),
+    ("info_height_in_metres", info_height_in_metres, "info.json: 'height_cm' is 1.75, outside 40-250 cm"),
+    (
+        "info_height_in_inches",
+        info_height_in_inches,
+        "info.json: 'height_cm' 69 and 'weight_kg' 80 give a BMI of 168 kg/m², outside 10-80",
+    ),
+    (
+        "info_labels_other_order",
+        info_labels_other_order,
+        "info.json: 'labels' names class 1 'LV', which is not RV here; expected label values 1 RV, 2 Myo, 3 LV",
+    ),
+    ("info_labels_other_structure", info_labels_other_structure, "info.json: 'labels' names class 1 'left atrium'"),
+    ("info_base_first_string", info_base_first_string, "info.json: 'base_first' is 'false'; expected true or false"),
+    ("annotation_class_not_declared", annotation_class_not_declared, "annotation.nii.gz: draws 1 RV, which"),
+    ("image_pixdim_zero", image_pixdim_zero, "image.nii.gz: voxel size pixdim[1:4] = [1.0, 0.0, 1.0] in the NIfTI"),
+    ("cache_dir_is_file", cache_dir_is_file, "cache: cache folder is a file; expected a folder (--cache_dir)"),
+    ("cache_dir_under_file", cache_dir_under_file, "file.txt/cache: cannot create the cache folder (Not a directory)"),
+    (
+        "cache_dir_folder_for_a_file",
+        cache_dir_folder_for_a_file,
+        "cache/0123456789abcdef0123456789abcdef.pt: a folder where a cache file goes",
+    ),
+    ("device_cuda_without_cuda", device_cuda_without_cuda, "--device: got 'cuda:0', but"),
+    ("device_unknown", device_unknown, "--device: got 'gpu'; expected cpu, cuda or cuda:N"),
     ("top_k_above_memory_patches", top_k_above_memory_patches, "top_k must be in [1, 9] (memory patches T*N), got 100"),
     ("top_k_zero", top_k_zero, "--top_k: got 0; expected an integer >= 1"),
     ("patch_size_odd", patch_size_odd, "patch_size must be even and >= 2, got 5"),
@@ -710,7 +862,21 @@ def test_bundle_runner_shows_the_short_message(case: str, expected: str, tmp_pat
     output = result.stdout + result.stderr
     assert expected in output, output[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith("ERROR: "), output[-3000:]  # the one-line summary last
+    assert "Traceback" not in output, output[-3000:]  # only with --debug true, and then in <output_dir>/debug.log
+    assert "unable to load" not in output and "nvImageCodec" not in output  # no library noise
     assert not list(tmp_path.rglob("label_4d.nii.gz"))
+
+
+def test_run_settings_are_checked_before_any_study(tmp_path: Path) -> None:
+    """``inference`` as ``bundle run`` runs it: an unusable --device stops the run before the studies are screened
+    (this study's own error, an ES beyond the last phase, is not reached) and before the output folder is made."""
+    write_study(tmp_path / "data" / "study", info={"ed": 0, "es": 9})
+    parser = inference_parser(tmp_path / "data", tmp_path / "out", device="cuda:0")
+    with mock.patch("torch.cuda.is_available", lambda: False), mock.patch.object(sys, "excepthook", sys.excepthook):
+        with pytest.raises(Exception) as raised:
+            parser.get_parsed_content("inference")
+    assert str(user_error(raised.value)).startswith("--device: got 'cuda:0', but"), str(raised.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
@@ -755,6 +921,77 @@ def test_errors_of_the_machine_end_in_one_error_line(
     install_error_summary()
     sys.excepthook(type(error), error, None)
     assert capsys.readouterr().err.strip().splitlines()[-1] == (expected or "Traceback ...")
+
+
+def test_a_device_this_machine_lacks_is_one_error_line() -> None:
+    """``--device cuda:0`` without CUDA (``cuda:99`` on a GPU machine), should it pass the up-front device check:
+    torch's own error (an ``AssertionError`` on a CPU build) names ``--device``, with no traceback."""
+    device = "cuda:99" if torch.cuda.is_available() else "cuda:0"
+    with pytest.raises(Exception) as raised:
+        torch.zeros(1).to(torch.device(device))
+    summary = error_summary(wrapped(raised.value))
+    assert summary is not None and summary.startswith("--device: the device is not available ("), summary
+    assert "\n" not in summary and summary.endswith(".")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_refused_input_shows_one_line_and_debug_logs_its_traceback(
+    debug: bool, monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
+) -> None:
+    """No traceback on the console for a user's error (before: one or two, MONAI's wrappers included, above the
+    ``ERROR:`` line); ``--debug true`` appends it to ``<output_dir>/debug.log``, with the run's log."""
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: print("Traceback ...", file=sys.stderr))
+    root_handlers = list(logging.getLogger().handlers)
+    try:
+        install_error_summary(debug=str(debug).lower(), output_dir=tmp_path)
+        try:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from CSTMInputError("image.nii.gz", "bad")
+        except RuntimeError as e:
+            sys.excepthook(type(e), e, e.__traceback__)
+    finally:
+        for handler in set(logging.getLogger().handlers) - set(root_handlers):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "ERROR: image.nii.gz: bad."
+    log = tmp_path / "debug.log"
+    assert log.is_file() is debug
+    if debug:
+        assert f"the traceback of the error below is in {log}" in err
+        assert "Traceback" in log.read_text() and "CSTMInputError: image.nii.gz: bad." in log.read_text()
+    with pytest.raises(CSTMInputError, match=r"--debug: got 'maybe'; expected true or false\."):
+        install_error_summary(debug="maybe")
+
+
+@pytest.mark.parametrize(
+    "error, traceback_logged", [(CSTMInputError("image.nii.gz", "bad"), False), (ZeroDivisionError(), True)]
+)
+def test_monai_stats_handler_logs_no_traceback_of_a_user_error(
+    error: BaseException, traceback_logged: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MONAI's ``StatsHandler`` logged the traceback of every exception that stopped an engine (``--on_error stop``,
+    training), once per event level, before the ``ERROR:`` line; a bug's traceback is still logged."""
+    from monai.handlers import StatsHandler
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    install_error_summary()
+
+    def fail(engine: Engine, batch: object) -> None:
+        raise error
+
+    engine = Engine(fail)
+    StatsHandler(iteration_log=False).attach(engine)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("monai.handlers.StatsHandler")
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(type(error)):
+            engine.run([0])
+    finally:
+        logger.removeHandler(handler)
+    assert any(r.exc_info for r in records) is traceback_logged
 
 
 # ---------------------------------------------------------------- not errors: one slice, one phase

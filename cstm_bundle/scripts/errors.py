@@ -5,14 +5,17 @@ from __future__ import annotations
 import ast
 import difflib
 import errno
+import logging
 import os
 import sys
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import torch
+from monai.apps.utils import get_logger
 from monai.bundle import ConfigParser
 
 
@@ -55,7 +58,8 @@ def error_summary(error: BaseException | None) -> str | None:
     """The one line a user reads for ``error``, or None for a bug (whose traceback is the report).
 
     A :class:`CSTMInputError` along the cause chain, else the first error the user's machine or files caused: an
-    ``OSError`` (full disk, permission, missing file: named with its file), running out of memory, or Ctrl-C.
+    ``OSError`` (full disk, permission, missing file: named with its file), a ``--device`` this machine does not have
+    (:func:`device_problem`), running out of memory, or Ctrl-C.
     """
     cause = find_input_error(error)
     if cause is not None:
@@ -75,25 +79,122 @@ def error_summary(error: BaseException | None) -> str | None:
             )
         if isinstance(seen, KeyboardInterrupt):
             return "interrupted; every output already written is complete, none is half-written."
+        problem = device_problem(seen)
+        if problem is not None:
+            return str(problem)
     return None
 
 
-def install_error_summary() -> None:
-    """After a failed ``monai.bundle run``, repeat the error as the last line (see :func:`error_summary`), so the user
-    reads it rather than MONAI's "Failed to evaluate ConfigExpression" wrapper or a traceback from numpy, nibabel,
-    ignite or pydicom. The first step of every run list calls this."""
-    previous = sys.excepthook
-    if getattr(previous, "cstm_summary", False):
-        return
+DEVICE_ERRORS = (
+    "Torch not compiled with CUDA enabled",
+    "Found no NVIDIA driver",
+    "No CUDA GPUs are available",
+    "invalid device ordinal",
+    "CUDA driver version is insufficient",
+    "Invalid device id",
+    "Invalid device, must be cuda device",
+    "Expected one of cpu, cuda",
+)
+"""What torch says when the device asked for is not there (a CPU-only build, no driver, ``cuda:3`` of 2 GPUs) or
+is no device name at all."""
+
+
+def device_problem(error: BaseException) -> CSTMInputError | None:
+    """``--device`` as the problem, when ``error`` is torch's message for a device that this machine lacks
+    (:data:`DEVICE_ERRORS`); None for any other error. A safety net behind the up-front device check."""
+    text = str(error)
+    if not isinstance(error, (RuntimeError, AssertionError, ValueError)) or not any(m in text for m in DEVICE_ERRORS):
+        return None
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    first = " ".join(text.strip().splitlines()[0].split()) if text.strip() else type(error).__name__
+    return CSTMInputError(
+        "--device",
+        f"the device is not available ({first[:200].rstrip('.')})",
+        "cpu" + (f", or cuda:0 to cuda:{available - 1}" if available else " (this machine has no usable CUDA GPU)"),
+    )
+
+
+def install_error_summary(debug: Any = False, output_dir: str | os.PathLike | None = None) -> None:
+    """After a failed ``monai.bundle run``, print the error as one line, ``ERROR: <file>: <problem>; expected ...``
+    (see :func:`error_summary`), and no traceback: the user reads the problem rather than MONAI's "Failed to evaluate
+    ConfigExpression" wrapper or a traceback from numpy, nibabel, ignite or pydicom. A bug (no such line) keeps its
+    traceback, which is the report. The first step of every run list calls this.
+
+    Also silences the known library notices (:func:`~scripts.logs.quiet_known_noise`) and keeps the console from
+    failing on a file name that is not UTF-8 (:func:`~scripts.logs.robust_console`).
+
+    Args:
+        debug: ``--debug``: true writes the run's log and the traceback of a failed run into
+            ``<output_dir>/debug.log`` (:func:`~scripts.logs.open_debug_log`); where that file cannot be written, the
+            traceback is printed before the ``ERROR:`` line instead.
+        output_dir: the run's output folder (where ``debug.log`` goes).
+    Raises:
+        CSTMInputError: ``--debug`` is no boolean (shown as one line, since the hook is in place by then).
+    """
+    from .logs import open_debug_log, quiet_known_noise, robust_console
+    from .options import convert
+
+    quiet_known_noise()
+    robust_console()
+    for name in TRACEBACK_LOGGERS:
+        # MONAI's get_logger, not logging's: MONAI gives a logger its console handler only when it creates it, and a
+        # StatsHandler logger made here by logging.getLogger would print nothing (propagate off, no handler)
+        logger = get_logger(name)
+        if not any(isinstance(f, DropUserErrorTracebacks) for f in logger.filters):
+            logger.addFilter(DropUserErrorTracebacks())
+    hook = sys.excepthook
+    if not getattr(hook, "cstm_summary", False):
+        hook = sys.excepthook = _summary_hook(hook)
+    hook.debug, hook.debug_log = False, None  # type: ignore[attr-defined]
+    hook.debug = convert("debug", debug)  # type: ignore[attr-defined]
+    if hook.debug and output_dir is not None:  # type: ignore[attr-defined]
+        hook.debug_log = open_debug_log(output_dir)  # type: ignore[attr-defined]
+
+
+TRACEBACK_LOGGERS = ("monai.handlers.StatsHandler",)
+"""Loggers that log an exception with its traceback before it reaches the excepthook: MONAI's ``StatsHandler`` logs
+every exception that stops an engine (``logger.exception``), once per event level (one or two tracebacks)."""
+
+
+class DropUserErrorTracebacks(logging.Filter):
+    """Drop a log record that carries a user's error (:func:`error_summary` gives its line): the run ends with that
+    line, and ``--debug true`` writes its traceback to the debug log. A bug's record is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or error_summary(error) is None
+
+
+def _summary_hook(previous: Callable[..., Any]) -> Callable[..., None]:
+    """The ``sys.excepthook`` of :func:`install_error_summary`, calling ``previous`` (Python's traceback printer) for
+    a bug; its ``debug`` and ``debug_log`` attributes say where a user error's traceback goes."""
 
     def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
-        previous(kind, error, tb)
         summary = error_summary(error)
-        if summary is not None:
-            print(f"\nERROR: {summary}", file=sys.stderr)
+        if summary is None:  # a bug: its traceback is the report
+            previous(kind, error, tb)
+            return
+        if hook.debug and not _append_traceback(hook.debug_log, kind, error, tb):  # type: ignore[attr-defined]
+            previous(kind, error, tb)  # --debug true without a writable log: on the console
+        print(f"\nERROR: {summary}", file=sys.stderr)
 
-    hook.cstm_summary = True  # type: ignore[attr-defined]
-    sys.excepthook = hook
+    hook.cstm_summary, hook.debug, hook.debug_log = True, False, None  # type: ignore[attr-defined]
+    return hook
+
+
+def _append_traceback(
+    log: Path | None, kind: type[BaseException], error: BaseException, tb: TracebackType | None
+) -> bool:
+    """Append the traceback to the debug log and say where it is; False where there is no log to write to."""
+    if log is None:
+        return False
+    try:
+        with open(log, "a", encoding="utf-8", errors="backslashreplace") as f:
+            f.write("".join(traceback.format_exception(kind, error, tb)))
+    except OSError:
+        return False
+    print(f"the traceback of the error below is in {log}", file=sys.stderr)
+    return True
 
 
 RUNNER_OPTIONS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}

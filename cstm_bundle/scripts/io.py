@@ -1,13 +1,15 @@
-"""Atomic output writing: never a half-written file, never a silent overwrite."""
+"""Atomic output writing: never a half-written file, never a silent overwrite; CSV cells a spreadsheet never runs."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,41 @@ def save_json(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Pat
             json.dump(obj, f, indent=1)
 
     return write_atomic(path, write, overwrite)
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+"""First characters that make a spreadsheet read a CSV cell as a formula (OWASP, "CSV Injection")."""
+
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell that a spreadsheet shows as it is, never runs: the one rule of every CSV we write.
+
+    A text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a line break (a study folder named
+    ``=HYPERLINK("x","y")``, an ``info.json`` group ``+cmd|' /C calc'!A0``) gets a leading ``'``, which spreadsheets
+    show as text (OWASP, "CSV Injection"); a text that is a plain number (``"-1.5"``) is left alone, and so are numbers,
+    None and booleans. A file name that is not UTF-8 (Python's surrogate escapes, ``"bad\\udcffname"``) is written with
+    its bytes escaped (``bad\\xffname``) rather than failing the UTF-8 file.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        text = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no byte made
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if text.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+class SafeDictWriter(csv.DictWriter):
+    """``csv.DictWriter`` whose every cell, header included, goes through :func:`csv_cell`; use it for every CSV we
+    write (``cohort.csv``, ``qc.csv``, ``metrics.csv``, ``function.csv``, ``quality.csv``)."""
+
+    def writerow(self, rowdict: Mapping[str, Any]) -> Any:
+        return super().writerow({k: csv_cell(v) for k, v in rowdict.items()})
+
+    def writerows(self, rowdicts: Iterable[Mapping[str, Any]]) -> None:
+        for rowdict in rowdicts:
+            self.writerow(rowdict)

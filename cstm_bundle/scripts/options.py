@@ -74,6 +74,7 @@ OPTIONS: dict[str, Option] = {
     "overwrite": _BOOL,
     "amp": _BOOL,
     "progress": _BOOL,
+    "debug": _BOOL,
     "clinical_outputs": _BOOL,
     "clinical_pictures": _BOOL,
     "clinical_phases": Option("choice", choices=("info", "volume")),
@@ -102,6 +103,7 @@ OPTIONS: dict[str, Option] = {
     "fill_holes": _BOOL,
     "time_direction": Option("choice", choices=("forward", "both")),
     "cache_dir": Option("path", optional=True),
+    "cache_max_gb": Option("float", low=0, positive=True, optional=True),
     "roi_size": _int(48, optional=True),
     "roi_spacing": Option("float", low=0, positive=True, optional=True),
     # training

@@ -13,19 +13,30 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from pydicom.uid import generate_uid
 
+from dicom_writer import retag, write_cine_dicom
 from helpers import kill_bundle_at, run_bundle
-from scripts.data import SaveStudyLabeld, write_phantom_studies
+from scripts.data import MANIFEST_FILE, SaveStudyLabeld, write_phantom_studies
 from scripts.metrics import CardiacOutputsd, QualityReportd
 
 pytestmark = pytest.mark.slow
 
 OUTPUTS = sorted(
-    p.name
-    for w in (SaveStudyLabeld("pred", "."), CardiacOutputsd("pred", ".", pictures=False), QualityReportd("pred", "."))
-    for p in w.output_files("s")
+    [
+        MANIFEST_FILE,
+        *(
+            p.name
+            for w in (
+                SaveStudyLabeld("pred", "."),
+                CardiacOutputsd("pred", ".", pictures=False),
+                QualityReportd("pred", "."),
+            )
+            for p in w.output_files("s")
+        ),
+    ]
 )
-"""What a finished study has with ``--clinical_pictures false`` (NIfTI input: no DICOM SEG)."""
+"""What a finished study has with ``--clinical_pictures false`` (NIfTI input: no DICOM SEG), and its record."""
 
 
 def phantoms(folder: Path, names: list[str], seed: int = 7000, num_slices: int = 5, num_phases: int = 6) -> None:
@@ -179,5 +190,39 @@ def test_on_error_stop_stops_at_the_first_bad_study(tmp_path: Path) -> None:
     assert result.stderr.rstrip().endswith(
         f"ERROR: {data / 'b_nan' / 'image.nii.gz'}: image contains NaN or Inf " "values; expected finite intensities."
     )
-    assert sorted(p.name for p in out.iterdir()) == ["a_good"]  # nothing after the bad study
+    assert sorted(p.name for p in out.iterdir()) == ["a_good", "cohort.csv"]  # nothing after the bad study
     assert "skipped as done" not in result.stdout  # no batch summary: the run stopped
+    assert {s: r["status"] for s, r in read_cohort(out).items()} == {  # but the table of what became of each
+        "a_good": "processed",
+        "b_nan": "failed",
+        "c_good": "not_run",
+    }
+
+
+def test_a_failed_overwrite_rerun_keeps_the_earlier_outputs_whole(tmp_path: Path) -> None:
+    """Issue 31: a rerun with --overwrite true that failed after label_4d.nii.gz (a DICOM file without
+    FrameOfReferenceUID, which only the DICOM SEG needs) left the new label map beside the old report and SEG; a
+    --skip_done rerun then took the mixed set as done."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    phantoms(data, ["s1"], seed=7300, num_slices=4, num_phases=4)
+    image = nib.load(data / "s1" / "image.nii.gz")
+    files = write_cine_dicom(np.asarray(image.dataobj), image.affine, data / "s1" / "dicom")
+    uids = {"StudyInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid()}
+    for f in files:
+        retag(f, lambda ds: [setattr(ds, name, uid) for name, uid in uids.items()])
+    (data / "s1" / "image.nii.gz").unlink()
+    first = infer(data, out)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    before = {p.name: p.read_bytes() for p in (out / "s1").iterdir()}
+    assert {"segmentation.dcm", "label_4d.nii.gz", MANIFEST_FILE} <= set(before)
+
+    retag(files[0], lambda ds: ds.__delattr__("FrameOfReferenceUID"))
+    rerun = infer(data, out, "--overwrite", "true", "--skip_done", "true")
+    log = rerun.stdout + rerun.stderr
+    assert rerun.returncode != 0, log[-3000:]
+    assert f"s1: not done, inputs changed since its outputs were made: dicom/{files[0].name} changed" in log
+    assert f"dicom/{files[0].name}: DICOM image without FrameOfReferenceUID" in log
+    assert "4D label map written" in log  # it failed after the label map ...
+    assert {p.name: p.read_bytes() for p in (out / "s1").iterdir()} == before  # ... which left the old set whole
+    assert sorted(p.name for p in out.iterdir()) == ["cohort.csv", "s1"]  # and no staging folder
+    assert read_cohort(out)["s1"]["status"] == "failed"

@@ -125,7 +125,7 @@ def test_boolean_flags_do_what_they_say(phantom_studies: Path, tmp_path: Path) -
         "true",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sorted(p.name for p in (out / study.name).iterdir()) == ["label_4d.nii.gz"]
+    assert sorted(p.name for p in (out / study.name).iterdir()) == ["label_4d.nii.gz", "outputs.json"]
     result = run_bundle(
         "inference",
         "inference.json",
@@ -146,6 +146,7 @@ def test_boolean_flags_do_what_they_say(phantom_studies: Path, tmp_path: Path) -
     assert sorted(p.name for p in (out / study.name).iterdir()) == [
         "cardiac_function.json",
         "label_4d.nii.gz",
+        "outputs.json",
         "qc.csv",
         "qc.json",
         "report.md",

@@ -1,9 +1,11 @@
 """StudyBatch (scripts/data/batch.py): the up-front check of every study, going on past a failed one, skip_done,
-the cohort table (scripts/data/cohort.py), the progress lines and the share of each rank."""
+the cohort table (scripts/data/cohort.py), the progress lines and the share of each rank; a study's outputs as one
+unit (scripts/data/outputs.py)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -11,7 +13,9 @@ import shutil
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
+import torch
 from ignite.engine import Engine
 from test_bad_inputs import write_study
 
@@ -19,6 +23,15 @@ import scripts.data.batch as batch_module
 from scripts.data import SaveStudyLabeld, StudyBatch, list_studies, skipped_folders
 from scripts.data.batch import FAILED_KEY
 from scripts.data.cohort import TIMING, CohortStudy, cohort_rows, flatten_report, merge_columns
+from scripts.data.outputs import (
+    MANIFEST_FILE,
+    OUTPUT_FOLDER_KEY,
+    check_done,
+    commit,
+    manifest,
+    new_staging,
+    study_inputs,
+)
 from scripts.errors import CSTMInputError
 from scripts.metrics import CardiacOutputsd
 
@@ -43,10 +56,15 @@ def make_batch(root: Path, out: Path | None = None, **kwargs) -> StudyBatch:
 
 
 def finish(batch: StudyBatch, study: str, content: str = "done") -> None:
-    """Write every output file of ``study`` (as its writers name them), as a finished earlier run left them."""
+    """Write every output file of ``study`` (as its writers name them) and its ``outputs.json``, as a finished earlier
+    run with ``batch``'s settings left them."""
+    item = next(s for s in batch.studies if s["study"] == study)
+    target = batch.output_folder(study)
+    staging = new_staging(target)
     for path in batch.output_files(study):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
+        (staging / path.name).write_text(content)
+    inputs = study_inputs(item["image"], item["study_dir"])
+    commit(staging, target, manifest(study, staging, inputs, batch.settings, "test"), overwrite=True)
 
 
 def test_bad_studies_are_listed_before_the_run_and_passed_over(dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -94,7 +112,10 @@ def test_skip_done_skips_studies_whose_outputs_all_exist(
     assert batch.done == ["good_a"] and "good_a: skipped, done already" in caplog.text
     names = [p.name for p in batch.output_files("good_b")]
     assert names[:3] == ["label_4d.nii.gz", "volumes.csv", "cardiac_function.json"]
-    assert f"good_b: not done, 1 of its {len(names)} outputs exist (missing {', '.join(names[1:])})" in caplog.text
+    assert (
+        "good_b: not done, no outputs.json (outputs of an earlier version, or of a run that did not finish); it is "
+        "redone only with --overwrite true" in caplog.text
+    )
 
 
 def test_run_study_records_a_failure_and_goes_on(dataset: Path) -> None:
@@ -225,15 +246,15 @@ class FakeEvaluator(Engine):
     """An ignite engine over the screened studies whose iteration is :meth:`StudyBatch.run_study` (as the
     ``SupervisedEvaluator``'s ``iteration_update``) and whose inference writes a tiny report per study."""
 
-    def __init__(self, batch: StudyBatch, out: Path, fail: str = ""):
-        self.batch, self.out, self.fail = batch, out, fail
+    def __init__(self, batch: StudyBatch, out: Path, fail: str = "", error: type[BaseException] = RuntimeError):
+        self.batch, self.out, self.fail, self.error = batch, out, fail, error
         super().__init__(lambda engine, item: batch.run_study(self, {k: [v] for k, v in item.items()}))
 
     def _iteration(self, engine: Engine, batch: dict) -> dict:
         if batch["study"][0] == self.fail:
-            raise RuntimeError("CUDA out of memory")
-        for path in self.batch.output_files(batch["study"][0]):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            raise self.error("CUDA out of memory")
+        for path in self.batch.output_files(batch["study"][0]):  # where the writers write (output_folder)
+            path = Path(batch[OUTPUT_FOLDER_KEY][0]) / path.name
             path.write_text(json.dumps({"study": batch["study"][0], "lv": {"edv_ml": 100.0}, "flags": []}))
         return {"pred": 1}
 
@@ -345,4 +366,209 @@ def test_each_rank_takes_its_share_and_rank0_writes_for_all(
         "good_c": "processed",
         "good_d": "failed",
         "good_e": "processed",
+    }
+
+
+# ---------------------------------------------------------------- a study's outputs as one unit (outputs.json)
+
+SETTINGS = {"time_direction": "forward", "checkpoint_sha256": "a" * 64}
+
+
+class WritingEngine:
+    """An evaluator's ``_iteration`` through real writers: the study's ED labels at every phase as the prediction
+    (minus ``erase`` phases), each writer applied to the decollated item, as MONAI's postprocessing does."""
+
+    def __init__(self, writers: list, erase: int = 0):
+        self.writers, self.erase = writers, erase
+
+    def _iteration(self, engine: object, batch: dict) -> dict:
+        item = {key: value[0] for key, value in batch.items()}
+        labels = np.asarray(nib.load(Path(item["study_dir"]) / "label_ed.nii.gz").dataobj).astype(np.uint8)
+        pred = np.repeat(labels[..., None], 5, axis=-1)  # (H, W, Z, T)
+        pred[..., pred.shape[-1] - self.erase :] = 0
+        item["pred"] = torch.as_tensor(pred)[None]  # (1, H, W, Z, T)
+        for writer in self.writers:
+            item = writer(item)
+        return item
+
+
+def fail_after_the_label_map(item: dict) -> dict:
+    """A writer that fails once the label map is written, as the DICOM SEG of a file without FrameOfReferenceUID."""
+    raise CSTMInputError(Path(item["study_dir"]) / "dicom" / "IM0001", "no FrameOfReferenceUID", "one per series")
+
+
+def unit_batch(root: Path, out: Path, **kwargs) -> StudyBatch:
+    writers = [SaveStudyLabeld("pred", out, overwrite=True), CardiacOutputsd("pred", out, True, pictures=False)]
+    kwargs = {"settings": SETTINGS, "overwrite": True, **kwargs}
+    return StudyBatch(list_studies(root, check=False), root, transform=lambda item: item, writers=writers, **kwargs)
+
+
+def run_one(batch: StudyBatch, engine: WritingEngine) -> object:
+    (item,) = batch.screen()
+    return batch.run_study(engine, {key: [value] for key, value in item.items()})
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_rerun_leaves_the_earlier_outputs_whole_and_not_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 31: an --overwrite rerun that failed after label_4d.nii.gz left it beside the old report, and
+    --skip_done then took the mixed set (and cohort.csv its old numbers) as done."""
+    root, out = tmp_path / "data", tmp_path / "out"
+    write_study(root / "s1")
+    first = unit_batch(root, out)
+    assert run_one(first, WritingEngine(first.writers)) is not None
+    folder = out / "s1"
+    before = snapshot(folder)
+    assert sorted(before) == sorted(
+        ["label_4d.nii.gz", "volumes.csv", "cardiac_function.json", "report.md", MANIFEST_FILE]
+    )
+    record = json.loads(before[MANIFEST_FILE])
+    assert record["settings"] == SETTINGS and sorted(record["inputs"]) == [
+        "image.nii.gz",
+        "info.json",
+        "label_ed.nii.gz",
+        "label_es.nii.gz",
+    ]
+    assert record["outputs"]["report.md"] == hashlib.sha256(before["report.md"]).hexdigest()
+    assert sorted(p.name for p in out.iterdir()) == ["s1"]  # no staging folder left
+    assert [s["study"] for s in unit_batch(root, out, skip_done=True).screen()] == []  # done
+
+    (root / "s1" / "info.json").write_text(json.dumps({"ed": 0, "es": 4}))  # the inputs change: es 2 -> 4
+    rerun = unit_batch(root, out, skip_done=True)
+    with caplog.at_level(logging.INFO):
+        assert [s["study"] for s in rerun.screen()] == ["s1"]
+    assert "s1: not done, inputs changed since its outputs were made: info.json changed; it is redone" in caplog.text
+    engine = WritingEngine([rerun.writers[0], fail_after_the_label_map, rerun.writers[1]], erase=2)
+    assert rerun.run_study(engine, {k: [v] for k, v in rerun.share[0].items()}) is None
+    assert rerun.failed[str(root / "s1")] == "dicom/IM0001: no FrameOfReferenceUID; expected one per series."
+    assert snapshot(folder) == before  # the earlier set, whole: no new label map beside the old report
+    assert sorted(p.name for p in out.iterdir()) == ["s1"]
+    assert [s["study"] for s in unit_batch(root, out, skip_done=True).screen()] == ["s1"]  # still not done
+
+    again = unit_batch(root, out, skip_done=True)
+    assert run_one(again, WritingEngine(again.writers, erase=2)) is not None
+    after = snapshot(folder)
+    assert after["label_4d.nii.gz"] != before["label_4d.nii.gz"] and after["report.md"] != before["report.md"]
+    assert json.loads(after["cardiac_function.json"])["es_phase"] == 4
+    assert [s["study"] for s in unit_batch(root, out, skip_done=True).screen()] == []
+
+
+def _edit_info(study: Path, out: Path) -> dict:
+    (study / "info.json").write_text(json.dumps({"ed": 0, "es": 4}))
+    return {}
+
+
+def _add_annotation(study: Path, out: Path) -> dict:
+    shutil.copy(study / "label_ed.nii.gz", study / "annotation.nii.gz")
+    (study / "info.json").write_text(json.dumps({"ed": 0, "es": 2, "annotated_phase": 0}))
+    return {}
+
+
+def _edit_output(study: Path, out: Path) -> dict:
+    (out / "s1" / "report.md").write_text("edited")
+    return {}
+
+
+def _remove_record(study: Path, out: Path) -> dict:
+    (out / "s1" / MANIFEST_FILE).unlink()  # outputs of an earlier version: all files there, no record
+    return {}
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (_edit_info, "inputs changed since its outputs were made: info.json changed"),
+        (_add_annotation, "inputs changed since its outputs were made: annotation.nii.gz added, info.json changed"),
+        (
+            lambda s, o: {"checkpoint_sha256": "b" * 64},
+            f"settings changed since its outputs were made: checkpoint_sha256 {'a' * 64!r} -> {'b' * 64!r}",
+        ),
+        (
+            lambda s, o: {"time_direction": "both"},
+            "settings changed since its outputs were made: time_direction 'forward' -> 'both'",
+        ),
+        (_edit_output, "outputs missing or changed: report.md (changed since it was written)"),
+        (_remove_record, "no outputs.json"),
+    ],
+    ids=["info_json", "annotation_added", "weights", "option", "output_edited", "no_record"],
+)
+def test_skip_done_redoes_a_study_whose_record_differs(
+    change, reason: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, out = tmp_path / "data", tmp_path / "out"
+    write_study(root / "s1")
+    finish(unit_batch(root, out), "s1")
+    assert [s["study"] for s in unit_batch(root, out, skip_done=True).screen()] == []
+    settings = {**SETTINGS, **change(root / "s1", out)}
+    with caplog.at_level(logging.WARNING):
+        assert [s["study"] for s in unit_batch(root, out, skip_done=True, settings=settings).screen()] == ["s1"]
+    assert f"s1: not done, {reason}" in caplog.text
+
+
+def test_commit_swaps_the_whole_folder_in(tmp_path: Path) -> None:
+    folder = tmp_path / "out" / "s1"
+    folder.mkdir(parents=True)
+    (folder / "segmentation.dcm").write_text("an earlier DICOM study's SEG")  # not made by the new run
+    staging = new_staging(folder)
+    assert staging.parent == folder.parent and staging.name.startswith(".s1.")
+    (staging / "label_4d.nii.gz").write_text("new")
+    record = manifest("s1", staging, {"image.nii.gz": "0" * 64}, SETTINGS, "test")
+    with pytest.raises(CSTMInputError, match=r"out/s1: output folder exists; expected a new --output_dir, or"):
+        commit(staging, folder, record, overwrite=False)
+    assert snapshot(folder) == {"segmentation.dcm": b"an earlier DICOM study's SEG"}
+    commit(staging, folder, record, overwrite=True)
+    assert sorted(snapshot(folder)) == ["label_4d.nii.gz", MANIFEST_FILE]  # the old SEG does not survive beside it
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["s1"]
+    assert check_done(folder, ["label_4d.nii.gz"], lambda: {"image.nii.gz": "0" * 64}, SETTINGS) == ""
+    assert check_done(folder, ["label_4d.nii.gz", "qc.csv"], lambda: {"image.nii.gz": "0" * 64}, SETTINGS) == (
+        "outputs missing or changed: qc.csv (not made by that run)"
+    )
+
+
+@pytest.mark.parametrize("error, on_error", [(KeyboardInterrupt, "continue"), (RuntimeError, "stop")])
+def test_an_interrupted_run_still_writes_the_cohort_table(
+    error: type[BaseException], on_error: str, dataset: Path, tmp_path: Path
+) -> None:
+    """Issue 31 item 8: Ctrl-C (or --on_error stop) mid-batch left no cohort.csv for the studies that finished."""
+    for name in ("bad", "no_annotation", "unzipped"):
+        shutil.rmtree(dataset / name)
+    write_study(dataset / "good_c")
+    out = tmp_path / "out"
+    batch = make_batch(dataset, out, on_error=on_error, cohort_file=out / "cohort.csv")
+    with pytest.raises(error, match="CUDA out of memory"):
+        batch.run(FakeEvaluator(batch, out, fail="good_b", error=error))
+    rows = {r["study"]: (r["status"], r["error"], r["lv_edv_ml"]) for r in read_cohort(out / "cohort.csv")}
+    stopped = f"the run stopped ({error.__name__}) before this study finished"
+    assert rows == {
+        "good_a": ("processed", "", "100.0"),
+        "good_b": (
+            ("failed", "RuntimeError: CUDA out of memory", "") if on_error == "stop" else ("not_run", stopped, "")
+        ),
+        "good_c": ("not_run", stopped, ""),
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["cohort.csv", "good_a"]  # no staging folder of good_b left
+
+
+def test_a_study_folder_named_like_the_cohort_table_is_refused_up_front(dataset: Path, tmp_path: Path) -> None:
+    """Issue 31 item 8: a study folder named cohort.csv had its outputs where the table goes, and the run failed."""
+    for name in ("bad", "no_annotation", "unzipped", "good_b"):
+        shutil.rmtree(dataset / name)
+    write_study(dataset / "cohort.csv")
+    out = tmp_path / "out"
+    batch = make_batch(dataset, out, cohort_file=out / "cohort.csv")
+    assert [s["study"] for s in batch.screen()] == ["good_a"]
+    assert batch.failed == {
+        str(dataset / "cohort.csv"): f"its output folder would be {out / 'cohort.csv'}, the run's cohort table; "
+        "expected another name for this study folder (cohort.csv is the table's)."
+    }
+    with pytest.raises(CSTMInputError, match=r"1 of 2 studies failed \(cohort.csv\)"):
+        batch.run(FakeEvaluator(batch, out))
+    assert (out / "cohort.csv").is_file()
+    assert {r["study"]: r["status"] for r in read_cohort(out / "cohort.csv")} == {
+        "cohort.csv": "failed",
+        "good_a": "processed",
     }

@@ -186,6 +186,8 @@ def test_bsa_and_indexed_values_equal_hand_computed_ones(tmp_path: Path) -> None
         "weight_kg": 80.0,
         "weight_source": "info.json",
         "bsa_m2": 2.0,
+        "bmi_kg_per_m2": 24.7,
+        "size_plausible": True,
     }
     assert flags == []
     function = {
@@ -215,6 +217,59 @@ def test_bsa_and_indexed_values_equal_hand_computed_ones(tmp_path: Path) -> None
     assert indexed_function(function, body)["lv"]["edv_ml_per_m"] == 93.75
     with pytest.raises(CSTMInputError, match=r"info.json: 'height_cm' is '180 cm'; expected a positive number"):
         body_size({"height_cm": "180 cm"}, None, tmp_path)
+
+
+def test_dicom_body_size_beyond_any_patient_is_flagged_and_not_used(tmp_path: Path) -> None:
+    """PatientSize in inches (0.69 "m") with 80 kg: BMI 168, no BSA; info.json's own values are refused up front
+    (tests/test_bad_inputs.py, info_height_in_inches)."""
+    body, flags = body_size({}, no_tags(patient_size_m=0.69, patient_weight_kg=80.0), tmp_path)
+    assert (body["height_cm"], body["weight_kg"], body["bsa_m2"], body["size_plausible"]) == (None, None, None, None)
+    assert flags == [
+        "height 69 cm (DICOM PatientSize) and weight 80 kg (DICOM PatientWeight) give a BMI of 168 kg/m², outside "
+        "10-80: not used for indexing"
+    ]
+
+
+@pytest.mark.parametrize(
+    "height, weight, plausible, expected",
+    [
+        (180, 80, True, []),
+        (171, 176, False, ["implausible body size: BMI 60.2 kg/m² outside 12-50 kg/m², BSA 2.89 m² outside 0.2-2.7"]),
+        (
+            40,
+            2,
+            False,
+            [
+                "implausible body size: BSA 0.15 m² outside 0.2-2.7 m² (height 40 cm from info.json",
+                "body size does not fit the heart: LV EDV / BSA 630 mL/m² outside 20-250 mL/m², RV EDV / BSA 393 "
+                "mL/m² outside 20-250 mL/m², LV mass / BSA 503 g/m² outside 20-250 g/m² (BSA 0.15 m²",
+            ],
+        ),
+    ],
+    ids=["adult", "weight_in_pounds", "neonate_size_adult_heart"],
+)
+def test_implausible_body_size_is_flagged_in_report_json_and_cohort(
+    study_item: dict, tmp_path: Path, height: float, weight: float, plausible: bool, expected: list[str]
+) -> None:
+    """Units that pass the up-front limits still give a BMI, BSA or indexed values no patient has: flagged in
+    report.md, in cardiac_function.json (``flags`` and ``body.size_plausible``) and so in cohort.csv."""
+    from scripts.data.cohort import flatten_report
+
+    (Path(study_item["study_dir"]) / "info.json").write_text(
+        json.dumps({"ed": 0, "es": 3, "height_cm": height, "weight_kg": weight})
+    )
+    out = tmp_path / "out"
+    CardiacOutputsd("pred", out, pictures=False)(study_item)
+    function = json.loads((out / "study" / "cardiac_function.json").read_text())
+    report = (out / "study" / "report.md").read_text()
+    assert function["body"]["size_plausible"] is plausible
+    assert flatten_report(function)["body_size_plausible"] is plausible
+    assert function["body"]["bsa_m2"] is not None  # still used for indexing, with the flag beside it
+    assert len(function["flags"]) == len(expected)
+    for flag, start in zip(function["flags"], expected, strict=True):
+        assert flag.startswith(start), flag
+        assert f"- {flag}" in report
+    assert ("## Sanity flags\n\nNone." in report) is plausible
 
 
 def test_heart_rate_sources_and_trigger_time_estimate() -> None:

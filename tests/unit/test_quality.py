@@ -56,7 +56,19 @@ def test_report_files_name_the_frame_to_correct_next(tmp_path: Path):
     writer = QualityReportd("pred", tmp_path)
     writer(item)
     qc = json.loads((tmp_path / "s" / "qc.json").read_text())
-    assert qc["correct_next"] == {"z": 2, "t": 1, "region": "apex", "score": 0.5} and qc["num_flagged"] == 1
+    why = qc["correct_next"].pop("why")
+    assert qc["correct_next"] == {
+        "z": 2,
+        "t": 1,
+        "region": "apex",
+        "score": 0.5,
+        "confidence": 0.5,
+        "disagreement": 0.0,
+        "area_jump": 0.0,
+        "flagged": 1,
+    }
+    assert qc["num_flagged"] == 1
+    assert why == "lowest score of the frames not annotated (0.500 = confidence 0.500); below the flag threshold 0.85"
     rows = list(csv.DictReader((tmp_path / "s" / "qc.csv").open()))
     assert len(rows) == 12 and [r["flagged"] for r in rows].count("1") == 1
     assert writer.output_files("s") == [tmp_path / "s" / "qc.csv", tmp_path / "s" / "qc.json"]

@@ -105,3 +105,41 @@ def test_class_argmax_equals_torch_argmax_ties_included():
     probs = torch.rand(3, 4, 9, 9).round(decimals=1)  # many ties
     for dim in (0, 1, -3):
         assert torch.equal(class_argmax(probs, dim), probs.argmax(dim))
+
+
+def _disc(center: tuple[int, int], radius: int, size: int = 96) -> torch.Tensor:
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return (((rows - center[0]) ** 2 + (cols - center[1]) ** 2) <= radius**2).to(torch.uint8) * 3
+
+
+def test_anchor_box_of_one_anchor_is_the_single_anchor_roi() -> None:
+    from scripts.data.roi import anchor_box
+
+    lab = _disc((40, 52), 9)
+    for frame in [(0, 0), (4, 7), (9, 3)]:
+        assert anchor_box({frame: lab}, 10, (1.5, 1.2), 96, 1.2) == heart_box(
+            foreground_center(lab), (1.5, 1.2), 96, 1.2
+        )
+    empty = torch.zeros(96, 96, dtype=torch.uint8)
+    assert anchor_box({(2, 2): empty}, 10, (1.0, 1.0), 48, 1.0) == heart_box((47.5, 47.5), (1.0, 1.0), 48, 1.0)
+
+
+def test_anchor_box_is_order_free_and_an_added_frame_inside_does_not_move_it() -> None:
+    """Issue 31 item 5: the ROI followed the primary frame, which an added frame can become."""
+    from scripts.data.roi import anchor_box
+
+    ed_mid, ed_base, es_mid, ed_apex = _disc((40, 50), 12), _disc((44, 46), 14), _disc((41, 49), 8), _disc((36, 55), 5)
+    base = anchor_box({(5, 0): ed_mid}, 10, (1.5, 1.5), 64, 1.5)
+    added = {(5, 0): ed_mid, (1, 0): ed_base, (5, 9): es_mid, (8, 0): ed_apex}
+    for order in (list(added), list(reversed(added)), sorted(added)):
+        assert anchor_box({f: added[f] for f in order}, 10, (1.5, 1.5), 64, 1.5) == base
+    # a frame on a slice nearer the middle (Z // 2 = 5) at the same phase, or at an earlier phase, is the seed
+    assert anchor_box({(5, 3): ed_mid, (4, 0): ed_base}, 10, (1.5, 1.5), 64, 1.5) == heart_box(
+        foreground_center(ed_base), (1.5, 1.5), 64, 1.5
+    )
+    # labels reaching outside the seed's ROI: centred on all anchors' labels together
+    far = _disc((10, 90), 4)
+    box = anchor_box({(5, 0): ed_mid, (6, 0): far}, 10, (1.5, 1.5), 32, 1.5)
+    assert box == heart_box(foreground_center((ed_mid > 0) | (far > 0)), (1.5, 1.5), 32, 1.5) and box != heart_box(
+        foreground_center(ed_mid), (1.5, 1.5), 32, 1.5
+    )

@@ -4,6 +4,7 @@ from .dicom_seg import SaveDicomSegd, cine_segmentation
 from .frames import labelled_frames
 from .label_app import AnnotationChanneld, CineSliceLabeld
 from .layouts import LAYOUTS, convert_layout, prepare_dataset, read_acdc_cfg
+from .outputs import MANIFEST_FILE, result_settings
 from .phantom import PhantomStudy, make_phantom_study, write_phantom_studies
 from .readers import list_studies, read_label, skipped_folders
 from .splits import load_split, make_split, mix_datalists, sample_weights
@@ -23,6 +24,7 @@ from .transforms import (
 __all__ = [
     "UNLABELLED",
     "LAYOUTS",
+    "MANIFEST_FILE",
     "AnnotationChanneld",
     "AsCineStudyd",
     "CineSliceLabeld",
@@ -50,6 +52,7 @@ __all__ = [
     "read_acdc_cfg",
     "read_cine_dicom",
     "read_info",
+    "result_settings",
     "read_label",
     "sample_weights",
     "scan_cine_dicom",

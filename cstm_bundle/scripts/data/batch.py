@@ -9,6 +9,11 @@ over (or the run stopped), finished ones skipped on a rerun, and a summary at th
     evaluator = SupervisedEvaluator(..., iteration_update=batch.run_study)   a failed study is logged and passed over
     run       = batch.run(evaluator)             evaluator.run(), the summary, cohort.csv; non-zero exit if a study failed
 
+A study's outputs are one unit (:mod:`.outputs`): :meth:`StudyBatch.run_study` has the writers write them into a
+hidden staging folder, records them in ``outputs.json`` and swaps the folder in whole, so that a study that fails
+leaves its earlier outputs as they were; ``--skip_done`` passes over only a study whose record matches the current
+inputs, weights and settings. An interrupted run (Ctrl-C, ``--on_error stop``) still writes ``cohort.csv``.
+
 Under ``torchrun`` (``multi_gpu_inference.json``, ``distributed=True``) every rank screens every study (the same
 list), :meth:`StudyBatch.screen` returns the rank's share of them, and :meth:`StudyBatch.run` gathers what became of
 each study to rank 0, which logs the summary and writes ``cohort.csv`` once all ranks are done.
@@ -30,6 +35,8 @@ from monai.data import DistributedSampler
 from ..errors import CSTMInputError, find_input_error
 from .cohort import CohortStudy, write_cohort
 from .dicom import DICOM_DIR, scan_cine_dicom
+from .dicom_seg import bundle_version
+from .outputs import OUTPUT_FOLDER_KEY, check_done, commit, discard, manifest, new_staging, study_inputs
 from .readers import check_image_file, image_geometry, skipped_folders
 from .study import read_info
 from .transforms import read_annotation
@@ -90,13 +97,17 @@ class StudyBatch:
         writers: the postprocessing transforms; those with ``output_files(study)`` name what a finished study has.
         on_error: "continue": a bad study is listed and passed over, the others processed, and :meth:`run` ends
             with a summary and an error; "stop": the first bad study stops the run with its error.
-        skip_done: pass over a study whose outputs (every file of ``writers``) all exist, with a log line.
+        skip_done: pass over a study that is done, with a log line: its ``outputs.json`` lists every file of
+            ``writers``, unchanged, made from the current input files and ``settings`` (:func:`.outputs.check_done`).
         progress: log one line per study, ``study i/N (name): done; elapsed h:mm:ss, ETA h:mm:ss``.
         timer: the :class:`~scripts.metrics.StudyTimer` of the evaluator, whose records give the cohort's timings.
         cohort_file: where :meth:`run` writes the cohort table (:mod:`.cohort`), rewritten at the end of every run;
             only when the writers write a JSON report per study (``cardiac_function.json``: the clinical outputs).
             None writes none.
         annotation: ``--annotation``: what the screening accepts (:func:`check_study`).
+        overwrite: ``--overwrite``: a study's new outputs may replace an existing output folder.
+        settings: what the outputs depend on besides the input files (:func:`.outputs.result_settings`), recorded
+            in each study's ``outputs.json``.
         distributed: each rank of an initialized ``torch.distributed`` process group takes its share of the screened
             studies (``DistributedSampler``, in order, not padded); rank 0 logs the screening, the summary and writes
             the cohort table after every rank is done.
@@ -115,6 +126,8 @@ class StudyBatch:
         cohort_file: str | os.PathLike | None = None,
         annotation: str = "required",
         distributed: bool = False,
+        overwrite: bool = False,
+        settings: Mapping[str, Any] | None = None,
     ):
         if on_error not in ("continue", "stop"):
             raise ValueError(f"on_error must be 'continue' or 'stop', got {on_error!r}.")
@@ -125,12 +138,20 @@ class StudyBatch:
         self.cohort_file = None if cohort_file is None else Path(cohort_file)
         self.annotation = annotation
         self.distributed = distributed
+        self.overwrite = overwrite
+        self.settings = dict(settings or {})
+        self.version = bundle_version()
         self.rank, self.world = 0, 1
         self.todo: list[dict[str, Any]] | None = None
         """Every study to process (valid and, with ``skip_done``, unfinished), on every rank."""
         self.share: list[dict[str, Any]] | None = None
         """This rank's share of :attr:`todo` (all of it in one process)."""
         self.done: list[str] = []
+        """Studies skipped as done (``skip_done``)."""
+        self.finished: list[str] = []
+        """Studies this process segmented and wrote, in order."""
+        self._inputs: dict[str, dict[str, str]] = {}
+        """study folder -> :func:`.outputs.study_inputs`, taken before the study is read (:meth:`load`)."""
         self.failed: dict[str, str] = {}
         """study folder -> problem (one line)."""
         self._first_error: BaseException | None = None
@@ -139,8 +160,13 @@ class StudyBatch:
         return f"StudyBatch({len(self.studies)} studies in {self.dataset_dir}, on_error={self.on_error!r})"
 
     def output_files(self, study: str) -> list[Path]:
-        """The files a finished ``study`` has (each written atomically: present means complete)."""
+        """The files a finished ``study`` has in ``<output_dir>/<study>/`` (beside its ``outputs.json``)."""
         return [p for w in self.writers if hasattr(w, "output_files") for p in w.output_files(study)]
+
+    def output_folder(self, study: str) -> Path | None:
+        """``<output_dir>/<study>``, the folder of the study's outputs; None when the writers name no file."""
+        files = self.output_files(study)
+        return files[0].parent if files else None
 
     def screen(self) -> list[dict[str, Any]]:
         """Check every study before the run (:func:`check_study`) and list each bad one, one line each (study
@@ -171,7 +197,11 @@ class StudyBatch:
             bad += [(str(f), CSTMInputError(f, problem)) for f, problem in skipped_folders(self.dataset_dir, folders)]
         todo = []
         for study in self.studies:
-            if self.skip_done and self._finished(study["study"]):
+            collision = self._cohort_collision(study)
+            if collision is not None:
+                bad.append((study["study_dir"], collision))
+                continue
+            if self.skip_done and self._finished(study):
                 self._log(
                     logging.INFO,
                     f"{study['study']}: skipped, done already (--skip_done true): "
@@ -223,16 +253,42 @@ class StudyBatch:
         if self.rank == 0:
             logger.log(level, message)
 
-    def _finished(self, study: str) -> bool:
-        files = self.output_files(study)
-        missing = [p.name for p in files if not p.is_file()]
-        if missing and len(missing) < len(files):
+    def _finished(self, study: Mapping[str, Any]) -> bool:
+        """Whether ``study`` is done (:func:`.outputs.check_done`); why not is logged when its folder holds files."""
+        folder = self.output_folder(study["study"])
+        if folder is None or not folder.is_dir() or not any(folder.iterdir()):
+            return False
+        reason = check_done(
+            folder,
+            [p.relative_to(folder).as_posix() for p in self.output_files(study["study"])],
+            lambda: study_inputs(study["image"], study["study_dir"]),
+            self.settings,
+        )
+        if reason:
             self._log(
                 logging.WARNING,
-                f"{study}: not done, {len(files) - len(missing)} of its {len(files)} outputs exist (missing "
-                f"{', '.join(missing)}); it is redone only with --overwrite true",
+                f"{study['study']}: not done, {reason}; it is redone"
+                + ("" if self.overwrite else " only with --overwrite true"),
             )
-        return bool(files) and not missing
+        return not reason
+
+    def _writes_cohort(self) -> bool:
+        """Whether :meth:`run` writes ``cohort_file``: the writers write a JSON report per study."""
+        return self.cohort_file is not None and any(p.suffix == ".json" for p in self.output_files("any"))
+
+    def _cohort_collision(self, study: Mapping[str, Any]) -> CSTMInputError | None:
+        """The error of a study whose output folder is the path of the cohort table (a study folder named
+        ``cohort.csv``); None for any other study."""
+        folder, table = self.output_folder(study["study"]), self.cohort_file
+        if folder is None or table is None or not self._writes_cohort():
+            return None
+        if os.path.abspath(folder) != os.path.abspath(table):
+            return None
+        return CSTMInputError(
+            study["study_dir"],
+            f"its output folder would be {table}, the run's cohort table",
+            f"another name for this study folder ({table.name} is the table's)",
+        )
 
     def _record(self, study_dir: str, error: BaseException) -> None:
         self.failed[str(study_dir)] = describe(error, study_dir)
@@ -241,14 +297,23 @@ class StudyBatch:
 
     def load(self, study: Mapping[str, Any]) -> Any:
         """The preprocessing of one study (the ``Dataset``'s transform). With ``on_error="continue"`` a failure is
-        logged and returned as ``{"study", "study_dir", FAILED_KEY: problem}``, which :meth:`run_study` passes over."""
+        logged and returned as ``{"study", "study_dir", FAILED_KEY: problem}``, which :meth:`run_study` passes over.
+
+        The digests of the study's input files (:func:`.outputs.study_inputs`) are taken first, before the study is
+        read, so that ``outputs.json`` never records a file changed after it was read as the one the outputs came
+        from."""
+        if self.output_files(study["study"]):
+            try:
+                self._inputs[str(study["study_dir"])] = study_inputs(study["image"], study["study_dir"])
+            except OSError:  # the transform reports the unreadable file
+                pass
         try:
             return self.transform(study)
         except Exception as e:
+            self._record(study["study_dir"], e)  # in this process (num_workers 0); run_study records the marker too
             if self.on_error == "stop":
                 raise
             logger.error(f"study {study['study_dir']} failed: {describe(e, study['study_dir'])}")
-            self._record(study["study_dir"], e)  # in this process (num_workers 0); run_study records the marker too
             return {
                 "study": study["study"],
                 "study_dir": study["study_dir"],
@@ -260,9 +325,13 @@ class StudyBatch:
         postprocessing) on one study; with ``on_error="continue"`` a study that failed to load, or fails here, is
         recorded and gives no output (None), and the run goes on with the next study.
 
+        The writers write into a staging folder (:data:`.outputs.OUTPUT_FOLDER_KEY` of the batch), which replaces
+        ``<output_dir>/<study>`` once every output is written and recorded (:func:`.outputs.commit`); a study that
+        fails (or is interrupted) leaves its earlier outputs untouched and its staging folder removed.
+
         Args:
             engine: the ``SupervisedEvaluator``.
-            batch: the collated batch of one study (``batch_size`` 1).
+            batch: the collated batch of one study (``batch_size`` 1), a dict.
         """
         folders = batch.get("study_dir") if isinstance(batch, dict) else None
         folder = str(folders[0] if isinstance(folders, (list, tuple)) else folders)
@@ -270,16 +339,46 @@ class StudyBatch:
             problems = batch[FAILED_KEY]
             self.failed[folder] = str(problems[0] if isinstance(problems, (list, tuple)) else problems)
             return None
+        names = batch.get("study") if isinstance(batch, dict) else None
+        study = str(names[0] if isinstance(names, (list, tuple)) else names)
+        target, staging = self.output_folder(study), None
         try:
-            return engine._iteration(engine, batch)
+            if target is not None:
+                staging = new_staging(target)
+                batch[OUTPUT_FOLDER_KEY] = [str(staging)]  # the same dict as engine.state.batch: postprocessing's
+            output = engine._iteration(engine, batch)
+            if staging is not None:
+                self._commit(study, folder, staging, target)
+            self.finished.append(study)
+            return output
         except Exception as e:
+            self._record(folder, e)
             if self.on_error == "stop":
                 raise
             logger.error(
                 f"study {folder} failed: {describe(e, folder)}", exc_info=None if find_input_error(e) else e
             )  # a bug: its traceback is the report
-            self._record(folder, e)
             return None
+        finally:
+            discard(staging)  # gone after a commit; else the outputs of a failed or interrupted study
+
+    def _commit(self, study: str, study_dir: str, staging: Path, target: Path) -> None:
+        """Record the outputs in ``staging`` (``outputs.json``) and swap them in as ``target``.
+
+        Raises:
+            RuntimeError: a file that the writers name was not written (a bug: the record would not be complete).
+            CSTMInputError: ``target`` cannot be replaced (:func:`.outputs.commit`).
+        """
+        expected = [p.relative_to(target).as_posix() for p in self.output_files(study)]
+        missing = [name for name in expected if not (staging / name).is_file()]
+        if missing:
+            raise RuntimeError(f"{study}: the postprocessing did not write {', '.join(missing)}")
+        inputs = self._inputs.pop(study_dir, None)
+        if inputs is None:  # not loaded by this process (DataLoader workers)
+            item = next(s for s in self.studies if str(s["study_dir"]) == study_dir)
+            inputs = study_inputs(item["image"], study_dir)
+        commit(staging, target, manifest(study, staging, inputs, self.settings, self.version), self.overwrite)
+        logger.info(f"{study}: outputs complete, in place: {', '.join(str(target / name) for name in expected)}")
 
     def run(self, evaluator: Any) -> None:
         """Run ``evaluator`` over the screened studies (none: nothing to run), then log the summary and write the
@@ -292,13 +391,17 @@ class StudyBatch:
                 on rank 0 only.
         """
         share = self.screen()
-        if share:
-            if self.progress:
-                self._attach_progress(evaluator, share)
-            evaluator.run()
-        else:
-            logger.info("no study left to process" + (f" on rank {self.rank}" if self.world > 1 else ""))
-        processed = [s["study"] for s in share if s["study_dir"] not in self.failed]
+        try:
+            if share:
+                if self.progress:
+                    self._attach_progress(evaluator, share)
+                evaluator.run()
+            else:
+                logger.info("no study left to process" + (f" on rank {self.rank}" if self.world > 1 else ""))
+        except BaseException as e:  # Ctrl-C, --on_error stop, a bug: the table of what finished, then the error
+            self._interrupted(e)
+            raise
+        processed = list(self.finished)
         timings = list(getattr(self.timer, "records", ()))
         if self.world > 1:
             logger.info(
@@ -339,10 +442,34 @@ class StudyBatch:
 
         evaluator.add_event_handler(Events.ITERATION_COMPLETED, log_progress)
 
-    def _write_cohort(self, processed: Sequence[str], timings: Sequence[Mapping[str, Any]]) -> None:
+    def _interrupted(self, error: BaseException) -> None:
+        """After the run stopped on ``error``: log it and write the cohort table of this process's studies (those
+        not finished are "not_run"). On rank 0 only; a failure to write is logged, ``error`` is what is raised."""
+        if self.rank != 0:
+            return
+        logger.warning(
+            f"run stopped ({type(error).__name__}) after {len(self.finished)} of {len(self.share or ())} studies; "
+            "each finished study has its complete outputs, an unfinished one its earlier outputs or none"
+        )
+        try:
+            self._write_cohort(
+                self.finished,
+                list(getattr(self.timer, "records", ())),
+                f"the run stopped ({type(error).__name__}) before this study finished",
+            )
+        except Exception as e:
+            logger.error(f"cohort table not written: {describe(e)}")
+
+    def _write_cohort(
+        self,
+        processed: Sequence[str],
+        timings: Sequence[Mapping[str, Any]],
+        not_run: str = "the run ended before this study",
+    ) -> None:
         """``cohort_file``: every study (and every folder that looked like one) with its status, error, reports and
-        timing; not written when the writers write no JSON report (``--clinical_outputs false``, evaluate.json)."""
-        if self.cohort_file is None or not any(p.suffix == ".json" for p in self.output_files("any")):
+        timing; not written when the writers write no JSON report (``--clinical_outputs false``, evaluate.json).
+        ``not_run`` is the error of a study that is neither failed, done nor processed."""
+        if not self._writes_cohort():
             return
         names = {s["study_dir"]: s["study"] for s in self.studies}
         timing = {str(r.get("study")): r for r in timings}
@@ -358,7 +485,7 @@ class StudyBatch:
             elif name in ran:
                 entries.append(CohortStudy(name, "processed", reports=reports, timing=timing.get(name)))
             else:
-                entries.append(CohortStudy(name, "not_run", "the run ended before this study"))
+                entries.append(CohortStudy(name, "not_run", not_run))
         write_cohort(self.cohort_file, entries)
 
     def _raise_failures(self) -> None:

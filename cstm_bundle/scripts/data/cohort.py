@@ -8,7 +8,6 @@ their problem. Its columns follow the reports generically: a nested key ``{"lv":
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from ..io import write_atomic
+from ..io import SafeDictWriter, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +142,7 @@ def write_cohort(path: str | os.PathLike, studies: Iterable[CohortStudy]) -> Pat
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer = SafeDictWriter(f, fieldnames=columns, restval="")  # no cell runs as a formula
             writer.writeheader()
             writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
 

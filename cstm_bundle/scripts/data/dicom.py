@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from monai.data import ImageReader
+from monai.data import ImageReader, NibabelReader
 from monai.utils import MetaKeys, SpaceKeys
 
 from ..errors import CSTMInputError
+from ..logs import quiet_known_noise
 
 DICOM_DIR = "dicom"
 """A study folder's DICOM series, in place of ``image.nii.gz``."""
@@ -338,31 +339,45 @@ def _positive(ds: Any, name: str) -> float | None:
 
 class CineDicomReader(ImageReader):
     """A MONAI ``ImageReader`` for :func:`read_cine_dicom`: ``LoadImaged(keys, reader=CineDicomReader())`` reads a
-    series folder into a (H, W, Z, T) ``MetaTensor`` with its RAS affine; NIfTI files go to the next reader.
+    series folder into a (H, W, Z, T) ``MetaTensor`` with its RAS affine, and hands a NIfTI file to MONAI's
+    ``NibabelReader`` itself.
 
     ``read`` only takes the folder and ``get_data`` reads it: given a reader, MONAI's ``LoadImage`` calls every
     registered reader's ``read`` in turn inside ``try/except Exception`` (monai/transforms/io/array.py,
     ``LoadImage.__call__``), so an error raised in ``read`` would be hidden behind "cannot find a suitable reader",
     or MONAI's own ``PydicomReader`` would read the folder we refused. ``get_data`` runs outside that ``try``, so our
-    :class:`CSTMInputError` reaches the user.
+    :class:`CSTMInputError` reaches the user. A NIfTI file is read here by the ``NibabelReader`` that ``LoadImage``
+    would try next (same defaults, same result): refusing it would make ``LoadImage`` log "CineDicomReader: unable
+    to load .../image.nii.gz" for every NIfTI study.
     """
 
-    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
-        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
-        return len(names) == 1 and Path(names[0]).is_dir()
+    def __init__(self) -> None:
+        super().__init__()
+        self.nifti = NibabelReader()
+        quiet_known_noise()  # before LoadImage builds its default readers (nvImageCodec's notice)
 
-    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Path:
-        """The series folder, unread (see the class docstring).
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        """One DICOM series folder, or one NIfTI file (``.nii``, ``.nii.gz``)."""
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        return len(names) == 1 and (Path(names[0]).is_dir() or self.nifti.verify_suffix(names[0]))
+
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
+        """The series folder, unread (see the class docstring), or the NIfTI file opened by ``NibabelReader``.
 
         Raises:
-            CSTMInputError: ``data`` is not one folder (``LoadImage`` then tries its next reader).
+            CSTMInputError: ``data`` is neither one folder nor one NIfTI file (``LoadImage`` then tries its next
+                reader).
         """
         if not self.verify_suffix(data):
-            raise CSTMInputError(str(data), "not a DICOM series folder", "a folder (NIfTI files go to the next reader)")
-        return Path(data if isinstance(data, (str, os.PathLike)) else data[0])
+            raise CSTMInputError(str(data), "not a DICOM series folder", "a folder or a NIfTI file")
+        name = Path(data if isinstance(data, (str, os.PathLike)) else data[0])
+        return name if name.is_dir() else self.nifti.read(data, **kwargs)
 
-    def get_data(self, img: Path) -> tuple[np.ndarray, dict]:
-        """Read the series folder ``img`` (:func:`read_cine_dicom`) into (H, W, Z, T) and its MONAI metadata."""
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """Read the series folder ``img`` (:func:`read_cine_dicom`) into (H, W, Z, T) and its MONAI metadata; a NIfTI
+        image as ``NibabelReader`` does."""
+        if not isinstance(img, Path):
+            return self.nifti.get_data(img)
         volume, affine = read_cine_dicom(img)
         meta = {
             MetaKeys.AFFINE: affine,

@@ -32,6 +32,7 @@ from monai.transforms import MapTransform
 from ..errors import CSTMInputError
 from ..io import write_atomic
 from .dicom import DICOM_DIR, scan_cine_dicom
+from .outputs import output_folder
 from .readers import study_image
 
 logger = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ class SaveDicomSegd(MapTransform):
         labels = torch.as_tensor(d[self.first_key(d)])[0].cpu().numpy().astype(np.int64)  # (H, W, Z, T)
         seg = cine_segmentation(labels, read_source_headers(image), self.version)
         path = write_atomic(
-            self.output_dir / d["study"] / SEG_FILE,
+            output_folder(d, self.output_dir) / SEG_FILE,
             lambda tmp: seg.save_as(tmp, enforce_file_format=True),
             self.overwrite,
         )

@@ -47,14 +47,16 @@ def list_studies(
         demo_dir: the bundle's phantom demo folder.
         demo_studies: phantom studies to generate into ``demo_dir``.
         demo_seed: seed of the first generated study.
-        check: check each study's image and log the sub-folders that are not studies (:func:`skipped_folders`);
+        check: check each study's image and log the sub-folders that are not studies (:func:`skipped_folders`: also
+            a study folder whose name is not UTF-8, and a folder of studies one level down, which is not searched);
             False where the caller checks and reports each study itself (:class:`~.batch.StudyBatch`). The folders
             are logged anyway when no study is found.
     Returns:
         dicts with "image" (the NIfTI file or DICOM folder, see :func:`study_image`), "study" (folder name) and
         "study_dir", sorted by name.
     Raises:
-        CSTMInputError: the folder does not exist or holds no study, the split is empty, or a study's image is not a
+        CSTMInputError: the folder does not exist or holds no study, the split is empty, the one study folder (or one
+            of the list) has a name that is not UTF-8 (:func:`name_problem`), or a study's image is not a
             readable 4D NIfTI (:func:`check_image_file`) or one cine DICOM series (:func:`~.dicom.scan_cine_dicom`);
             checked here because ``LoadImaged`` reads it first and hides the reason.
             The images are not checked with ``check=False``.
@@ -65,6 +67,8 @@ def list_studies(
             raise CSTMInputError("dataset_dir", "an empty list of study folders", "at least one study")
         for folder in (p for p in folders if not study_image(p)):
             raise CSTMInputError(folder, "no study image in this study folder", f"{IMAGE_FILE} or {DICOM_DIR}/")
+        for folder in (p for p in folders if name_problem(p)):
+            raise CSTMInputError(folder, name_problem(folder))
         return _studies(folders[0].parent, folders, split, num_val, check)
     root = Path(dataset_dir)
     if demo_dir is not None and not root.exists() and root.resolve() == Path(demo_dir).resolve():
@@ -74,21 +78,36 @@ def list_studies(
         write_phantom_studies(str(root), num_studies=demo_studies, seed=demo_seed)
     if not root.is_dir():
         raise CSTMInputError(root, "dataset folder does not exist", "a folder of study folders or one study folder")
+    if study_image(root) and name_problem(root):
+        raise CSTMInputError(root, name_problem(root))
     folders = (
         [root]
         if study_image(root)
-        else sorted(p for p in root.iterdir() if study_image(p) and not p.name.startswith("."))
+        else sorted(p for p in root.iterdir() if study_image(p) and not p.name.startswith(".") and not name_problem(p))
     )
-    if folders != [root] and (check or not folders):
-        for folder, problem in skipped_folders(root, folders):
-            logger.warning(f"{folder}: skipped, {problem}")
+    skipped = skipped_folders(root, folders) if folders != [root] and (check or not folders) else []
+    for folder, problem in skipped:
+        logger.warning(f"{folder}: skipped, {problem}")
     if not folders:
         if any((root / name).is_file() for name in STUDY_FILES):
             raise CSTMInputError(root / IMAGE_FILE, "study image not found", "a 4D NIfTI image (H, W, Z, T)")
         raise CSTMInputError(
-            root, f"no study folder (a folder with {IMAGE_FILE} or {DICOM_DIR}/) found", "at least one study"
+            root,
+            f"no study folder (a folder with {IMAGE_FILE} or {DICOM_DIR}/) found{_not_studies(skipped)}",
+            "at least one study",
         )
     return _studies(root, folders, split, num_val, check)
+
+
+def _not_studies(skipped: list[tuple[Path, str]]) -> str:
+    """``"; sub-folder a is not a study (...)"``: the folders :func:`skipped_folders` named, for the error that no
+    study was found ("" when none)."""
+    if not skipped:
+        return ""
+    names = ", ".join(folder.name for folder, _ in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    if len(skipped) == 1:
+        return f"; sub-folder {names} is not a study (why: logged above)"
+    return f"; sub-folders {names} are not studies (why: each logged above)"
 
 
 def _studies(root: Path, folders: list[Path], split: str | None, num_val: int, check: bool) -> list[dict[str, str]]:
@@ -114,8 +133,10 @@ def _studies(root: Path, folders: list[Path], split: str | None, num_val: int, c
 
 def skipped_folders(root: str | os.PathLike, studies: list[Path]) -> list[tuple[Path, str]]:
     """The sub-folders of ``root`` that look like a study but are not one (never to be passed over silently): those
-    holding NIfTI, JSON or DICOM files but no image. Hidden folders (``.git``, ``.cache``) are not studies and are not
-    listed.
+    holding NIfTI, JSON or DICOM files but no image; a study whose folder name is not UTF-8 (:func:`name_problem`);
+    and a folder of studies one level down (``<dataset>/<group>/<study>/image.nii.gz``: studies are looked for in
+    the folders of the dataset folder only, so the folder is named rather than searched). Hidden folders (``.git``,
+    ``.cache``) are not studies and are not listed.
 
     Args:
         root: a folder of study folders.
@@ -128,6 +149,22 @@ def skipped_folders(root: str | os.PathLike, studies: list[Path]) -> list[tuple[
         p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".") and p not in studies
     ):
         files = sorted(f.name for f in folder.iterdir() if f.name.endswith((".nii", ".nii.gz", ".json", ".dcm")))
+        if name_problem(folder) and (files or study_image(folder)):
+            skipped.append((folder, name_problem(folder)))
+            continue
+        nested = (
+            [] if files else sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and study_image(p))
+        )
+        if nested:
+            skipped.append(
+                (
+                    folder,
+                    f"not a study: it holds {len(nested)} study folder{'s' if len(nested) > 1 else ''} one level down "
+                    f"({', '.join(nested[:4])}"
+                    f"{', ...' if len(nested) > 4 else ''}), not searched; pass it as --dataset_dir, or move them "
+                    "into the dataset folder",
+                )
+            )
         if files:
             skipped.append(
                 (
@@ -137,6 +174,19 @@ def skipped_folders(root: str | os.PathLike, studies: list[Path]) -> list[tuple[
                 )
             )
     return skipped
+
+
+def name_problem(folder: Path) -> str | None:
+    """Why ``folder``'s name cannot name a study, or None: a name that is not UTF-8 (a byte such as ``\\xff`` from
+    another system's encoding) cannot be written into the outputs (``report.md``, ``cohort.csv``, the log)."""
+    try:
+        folder.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return (
+            f"folder name {os.fsencode(folder.name)!r} is not UTF-8 text, so it cannot name the study's outputs; "
+            "expected a UTF-8 folder name (rename the folder)"
+        )
+    return None
 
 
 def study_image(study_dir: str | os.PathLike) -> Path | None:
@@ -182,6 +232,7 @@ def check_image_file(path: str | os.PathLike) -> tuple[int, ...]:
         raise CSTMInputError(path, f"cannot be read as NIfTI ({_reason(e, path)})", "a .nii.gz image file") from e
     if len(shape) != 4:
         raise CSTMInputError(path, f"image has shape {shape}", "a 4D image (H, W, Z, T)")
+    check_pixdim(path, img.header)
     check_geometry(path, img.affine, img.header, np.dtype(proxy.dtype))
     size = _data_size(path, expected)
     if size < expected:
@@ -191,6 +242,33 @@ def check_image_file(path: str | os.PathLike) -> tuple[int, ...]:
             "a complete NIfTI file (copy it again)",
         )
     return shape
+
+
+def check_pixdim(path: str | os.PathLike, header: Any) -> None:
+    """Refuse a NIfTI whose header stores a zero or non-finite voxel size (``pixdim[1:4]``).
+
+    nibabel replaces a zero ``pixdim`` by 1 when it loads the header (and builds the affine from it when the file has
+    no qform/sform), so the loaded image would silently have 1 mm pixels; other tools (ITK) read the zero. The file's
+    own header is therefore read again, unchecked.
+
+    Args:
+        path: the NIfTI file; header: its header as nibabel loaded it (for its class: NIfTI-1 or NIfTI-2).
+    Raises:
+        CSTMInputError: naming the file and the stored sizes.
+    """
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            raw = type(header).from_fileobj(f, check=False)
+    except Exception:  # the header was read once already; nothing to add
+        return
+    sizes = np.asarray(raw["pixdim"][1:4], dtype=float)
+    if not (np.isfinite(sizes).all() and (sizes > 0).all()):
+        raise CSTMInputError(
+            path,
+            f"voxel size pixdim[1:4] = {np.round(sizes, 4).tolist()} in the NIfTI header",
+            "a positive, finite pixel and slice spacing in mm (nibabel would read a 0 as 1 mm: rewrite the file with "
+            "its spacing)",
+        )
 
 
 IN_PLANE_MM = (0.2, 5.0)
@@ -207,6 +285,9 @@ def check_geometry(path: str | os.PathLike, affine: np.ndarray, header: Any, dty
     - a zero or non-finite spacing or an affine that cannot be inverted (the label map could not be saved on it);
     - in-plane spacing outside :data:`IN_PLANE_MM`, or rows and columns of very different spacing, which is what a
       volume whose slice axis is not the third (an (H, Z, W, T) reorientation) looks like.
+
+    Rectangular pixels within :data:`MAX_IN_PLANE_RATIO` are accepted: every step uses the row and column spacing
+    each (the heart ROI is resampled to square pixels, volumes use |det(affine)|, distances are in mm).
 
     Raises:
         CSTMInputError: naming the file and the problem.

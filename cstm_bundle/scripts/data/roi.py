@@ -7,6 +7,7 @@ same effect by resizing ACDC/M&Ms frames to a shorter side of 384. Training samp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -43,6 +44,59 @@ def foreground_center(mask: Tensor) -> tuple[float, float]:
     if rows.numel() == 0:
         return (mask.shape[0] - 1) / 2, (mask.shape[1] - 1) / 2
     return rows.float().mean().item(), cols.float().mean().item()
+
+
+def anchor_box(
+    anchors: Mapping[tuple[int, int], Tensor],
+    num_slices: int,
+    input_spacing: tuple[float, float],
+    roi_size: int,
+    spacing: float,
+) -> Box:
+    """The heart ROI of a study with one or more annotated frames: a function of the set of anchors, not of which one
+    is the primary, that an added frame inside it does not move.
+
+    Rule: the *seed* is the anchor (with labelled pixels, where any has) of the earliest phase, and of that phase's
+    anchors the one on the slice nearest the stack's middle slice ``Z // 2`` (the lower slice on a tie); the ROI is
+    :func:`heart_box` centred on the seed's :func:`foreground_center`. One anchor is therefore exactly the
+    single-anchor ROI. Only when some anchor's labelled pixels reach outside that box is the ROI centred instead on the
+    centroid of all anchors' labelled pixels together. So an added frame moves the ROI only if it becomes the seed
+    (an earlier phase than every anchor, or the earliest anchored phase on a slice nearer the middle) or if its labels
+    reach outside the ROI; a correction elsewhere keeps the ROI and with it every cached frame it does not change
+    (:class:`~scripts.inferers.cache.PropagationCache`).
+
+    Args:
+        anchors: annotated frame (z, t) -> its (H, W) labels, 0 = background; at least one.
+        num_slices: Z of the study.
+        input_spacing, roi_size, spacing: as for :func:`heart_box`.
+    Returns:
+        the ROI in input pixels.
+    Raises:
+        ValueError: no anchor.
+    """
+    if not anchors:
+        raise ValueError("expected at least one annotated frame in anchors, got none.")
+    labelled = {f: lab for f, lab in anchors.items() if bool(lab.ne(0).any())}
+    pool = labelled or dict(anchors)
+    seed = min(pool, key=lambda f: (int(f[1]), abs(int(f[0]) - num_slices // 2), int(f[0])))
+    box = heart_box(foreground_center(pool[seed]), input_spacing, roi_size, spacing)
+    if all(_inside(lab, box) for lab in labelled.values()):
+        return box
+    union = torch.stack([lab.ne(0) for lab in labelled.values()]).any(0)  # (H, W)
+    return heart_box(foreground_center(union), input_spacing, roi_size, spacing)
+
+
+def _inside(mask: Tensor, box: Box) -> bool:
+    """Whether every non-zero pixel of a (H, W) mask lies inside ``box``."""
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    if rows.numel() == 0:
+        return True
+    return bool(
+        rows.min() >= box.top
+        and rows.max() < box.top + box.height
+        and cols.min() >= box.left
+        and cols.max() < box.left + box.width
+    )
 
 
 def crop_resize(x: Tensor, box: Box, size: int, mode: str = "bilinear") -> Tensor:

@@ -10,7 +10,9 @@ What is labelled where, one rule for training (:class:`~.transforms.LoadStudyd`)
 (:func:`~scripts.metrics.report.scored_slices`) and the annotation that starts the propagation:
 
 - a phase's label file covers the slices ``annotated_slices_<phase>`` (else every slice); the others are unlabelled;
-- it draws the classes ``labels_<phase>`` (else ``labels``, else 1 RV, 2 Myo, 3 LV);
+- it draws the classes ``labels_<phase>`` (else ``labels``, else 1 RV, 2 Myo, 3 LV): a list ``[1, 2, 3]`` or a dict of
+  value -> name as the Medical Decathlon writes it (``{"0": "background", "1": "RV", ...}``), whose names must agree
+  with the values' meaning here (:func:`class_list`);
 - a class with a list ``annotated_slices_<phase>_<class>`` (e.g. ``annotated_slices_ed_myo``) is drawn on the listed
   slices only (an empty list: on none), so on the other labelled slices its absence is not background.
 
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,16 @@ ANNOTATION_FILE = "annotation.nii.gz"
 LABELLED_PHASES = ("ed", "es")
 CLASS_KEYS = {1: "rv", 2: "myo", 3: "lv"}
 """Label value -> the class's name in ``info.json`` keys."""
+CLASS_NAMES = {0: "background", 1: "RV", 2: "Myo", 3: "LV"}
+"""Label value -> the class's name in messages and in a ``labels`` dict."""
+HEIGHT_CM_LIMITS = (40.0, 250.0)
+WEIGHT_KG_LIMITS = (2.0, 350.0)
+BMI_LIMITS = (10.0, 80.0)
+"""``info.json`` ``height_cm`` / ``weight_kg`` outside these, or a pair whose body mass index (kg/m²) is, are refused
+before any work: no patient of a cardiac MRI scanner is that small, tall, light or heavy (the tallest adults are about
+250 cm, scanner tables hold 250-300 kg), so the value is a unit error (a height in m, mm or inches, a weight in g or
+pounds) or a typo. Values inside them that are still unusual are flagged in the report
+(:mod:`scripts.metrics.clinical_report`)."""
 
 
 def label_file(phase: str) -> str:
@@ -87,12 +101,55 @@ def drawn_classes(info: Mapping[str, Any], phase: str, study: str | Path) -> set
         CSTMInputError: a value that is not a list of classes.
     """
     key = f"labels_{phase}" if f"labels_{phase}" in info else "labels"
-    classes = info.get(key, list(CLASS_KEYS))
-    if not (isinstance(classes, list) and set(classes) <= set(CLASS_KEYS)):
-        raise CSTMInputError(
-            Path(study) / INFO_FILE, f"{key!r} is {classes!r}", "a list of classes among 1 RV, 2 Myo, 3 LV"
-        )
-    return set(classes)
+    return set(class_list(info.get(key, list(CLASS_KEYS)), key, Path(study) / INFO_FILE))
+
+
+LABELS_EXPECTED = (
+    'a list of classes among 1 RV, 2 Myo, 3 LV, or a dict such as {"0": "background", "1": "RV", "2": "Myo", "3": "LV"}'
+)
+
+
+def class_name(name: str) -> int | None:
+    """The label value that a class name means here (:data:`CLASS_NAMES`), or None: "myocardium", "LV myocardium" -> 2,
+    "LV cavity", "left ventricle" -> 3, "RV blood pool", "right ventricle" -> 1, "background", "bg" -> 0."""
+    text = name.strip().lower()
+    if "myo" in text:
+        return 2
+    if re.search(r"\blv\b|left ventric", text):
+        return 3
+    if re.search(r"\brv\b|right ventric", text):
+        return 1
+    if re.search(r"background|^bg$|^none$", text):
+        return 0
+    return None
+
+
+def class_list(value: Any, key: str, path: str | os.PathLike) -> list[int]:
+    """The classes that a ``labels`` / ``labels_<phase>`` value of ``info.json`` declares, sorted: a list of classes
+    among 1, 2, 3, or a dict of value -> name (the Medical Decathlon's ``{"0": "background", "1": "RV", ...}``)
+    whose names mean those values here (:func:`class_name`; a dict of M&Ms' order, ``{"1": "LV", ...}``, is refused:
+    its files would be read with the wrong classes). The dict's ``"0"`` (background) is no class.
+
+    Raises:
+        CSTMInputError: naming ``path`` and ``key``.
+    """
+    if isinstance(value, dict):
+        classes = []
+        for number, name in value.items():
+            label = int(number) if isinstance(number, str) and number.strip().isdigit() else None
+            if label not in CLASS_NAMES or not isinstance(name, str):
+                raise CSTMInputError(path, f"{key!r} has the entry {number!r}: {name!r}", LABELS_EXPECTED)
+            if class_name(name) != label:
+                raise CSTMInputError(
+                    path,
+                    f"{key!r} names class {label} {name!r}, which is not {CLASS_NAMES[label]} here",
+                    "label values 1 RV, 2 Myo, 3 LV (relabel the files to this order)",
+                )
+            classes += [label] if label else []
+        return sorted(set(classes))
+    if not (isinstance(value, list) and all(_is_int(c) for c in value) and set(value) <= set(CLASS_KEYS)):
+        raise CSTMInputError(path, f"{key!r} is {value!r}", LABELS_EXPECTED)
+    return sorted(set(value))
 
 
 def slice_classes(info: Mapping[str, Any], phase: str, z: int, study: str | Path) -> set[int]:
@@ -143,10 +200,13 @@ ignored, except one so close to a key of this list that it is taken for a misspe
 
 def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
     """``info.json`` of a study, checked: a UTF-8 JSON object; ``ed``, ``es``, ``annotated_phase`` 0-based integers,
-    ``annotated_slices_ed``/``_es`` non-empty lists of 0-based integers (per-class lists may be empty); no misspelt
+    ``annotated_slices_ed``/``_es`` non-empty lists of 0-based integers (per-class lists may be empty); ``labels``,
+    ``labels_ed``, ``labels_es`` lists or dicts of classes (:func:`class_list`; returned as sorted lists);
+    ``base_first`` true or false; ``height_cm`` / ``weight_kg`` finite numbers (or null) within
+    :data:`HEIGHT_CM_LIMITS` / :data:`WEIGHT_KG_LIMITS`, and together a BMI within :data:`BMI_LIMITS`; no misspelt
     key (``annotated_slice_ed``).
-    An empty dict when the file is absent. Ranges against the image are checked where the image is known
-    (:class:`~scripts.data.LoadStudyd`).
+    An empty dict when the file is absent. Ranges against the image are checked by :func:`check_info_ranges`, where
+    the image's shape is known (before any work: :func:`~scripts.data.transforms.read_annotation`).
 
     Raises:
         CSTMInputError: naming the file and the key.
@@ -173,7 +233,66 @@ def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
         value, per_class = info[key], key.count("_") == 3  # annotated_slices_ed_myo may be empty: class not drawn
         if not (isinstance(value, list) and (value or per_class) and all(_is_int(z) and z >= 0 for z in value)):
             raise CSTMInputError(path, f"{key!r} is {value!r}", "a non-empty list of 0-based integer slice indices")
+    for key in ("labels", "labels_ed", "labels_es"):
+        if key in info:
+            info[key] = class_list(info[key], key, path)
+    if "base_first" in info and not isinstance(info["base_first"], bool):
+        raise CSTMInputError(path, f"'base_first' is {info['base_first']!r}", "true or false (JSON booleans)")
+    check_body_size(info, path)
     return info
+
+
+def check_body_size(info: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """``height_cm`` and ``weight_kg`` of ``info.json``: each absent, null, or a finite number within
+    :data:`HEIGHT_CM_LIMITS` / :data:`WEIGHT_KG_LIMITS`; both given, a BMI within :data:`BMI_LIMITS`.
+
+    Raises:
+        CSTMInputError: naming ``path``, the key and the value.
+    """
+    for key, (low, high), what in (
+        ("height_cm", HEIGHT_CM_LIMITS, "the patient's height in cm"),
+        ("weight_kg", WEIGHT_KG_LIMITS, "the patient's weight in kg"),
+    ):
+        value, unit = info.get(key), key.split("_")[1]
+        if value is None:
+            continue
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            raise CSTMInputError(path, f"{key!r} is {value!r}", f"{what}: a number in {low:g}-{high:g}, or null")
+        if not low <= value <= high:
+            raise CSTMInputError(
+                path, f"{key!r} is {value:g}, outside {low:g}-{high:g} {unit}", f"{what} (check the unit), or null"
+            )
+    height, weight = info.get("height_cm"), info.get("weight_kg")
+    if height is not None and weight is not None:
+        bmi, (low, high) = weight / (height / 100.0) ** 2, BMI_LIMITS
+        if not low <= bmi <= high:
+            raise CSTMInputError(
+                path,
+                f"'height_cm' {height:g} and 'weight_kg' {weight:g} give a BMI of {bmi:.0f} kg/m², outside "
+                f"{low:g}-{high:g}",
+                "the height in cm and the weight in kg (not inches or pounds)",
+            )
+
+
+def check_info_ranges(info: Mapping[str, Any], shape: Sequence[int], study: str | os.PathLike) -> None:
+    """The values of ``info.json`` (:func:`read_info`) against the study image of ``shape`` (H, W, Z, T): every phase
+    (``ed``, ``es``, ``annotated_phase``) within the T phases, every listed slice within the Z slices, whichever files
+    read them. Runs before any work, for every study (:func:`~scripts.data.transforms.read_annotation`).
+
+    Raises:
+        CSTMInputError: naming ``info.json`` and the key.
+    """
+    for key in ("ed", "es", "annotated_phase"):
+        if key in info:
+            phase_index(info, key, int(shape[3]), study)
+    for key in sorted(k for k in info if k.startswith("annotated_slices_")):
+        outside = [z for z in info[key] if not 0 <= z < shape[2]]
+        if outside:
+            raise CSTMInputError(
+                Path(study) / INFO_FILE,
+                f"{key!r} lists slices {outside} outside the {shape[2]} slices",
+                f"0-based slice indices in [0, {shape[2]})",
+            )
 
 
 def _is_int(value: Any) -> bool:

@@ -18,12 +18,15 @@ from scipy.ndimage import distance_transform_edt
 from ..errors import CSTMInputError
 from ..inferers.schedule import Frame, slice_regions
 from ..io import save_nifti
+from .outputs import output_folder
 from .readers import base_first_from_affine, image_geometry, read_label, study_image
 from .roi import crop_resize, foreground_center, heart_box
 from .study import (
+    CLASS_NAMES,
     IMAGE_FILE,
     INFO_FILE,
     annotation_source,
+    check_info_ranges,
     label_file,
     labelled_slices,
     phase_index,
@@ -184,10 +187,13 @@ def read_annotation(
         also ``anchor_source``: the annotation file's name, or None where no anchor was read (then ``anchor_frames``
         is empty and ``annotation`` all background).
     Raises:
-        CSTMInputError: no annotation file, a phase outside the image, a label file off the grid, an empty annotation.
+        CSTMInputError: no annotation file, a phase or slice of ``info.json`` outside the image (any of them, whether
+            read here or later: :func:`~.study.check_info_ranges`), a label file off the grid, an empty annotation,
+            an ``annotation.nii.gz`` drawing a class that ``info["labels"]`` does not declare.
     """
     if annotation not in ("required", "if_missing", "auto"):
         raise ValueError(f"annotation must be 'required', 'if_missing' or 'auto', got {annotation!r}.")
+    check_info_ranges(info, shape, study)
     try:
         if annotation == "auto":
             return _no_anchor(shape)
@@ -198,6 +204,7 @@ def read_annotation(
         raise
     if phase_name is None and _label_ndim(path) == 4:
         volume = read_label(path, shape, affine, phases=True)  # (H, W, Z, T)
+        _check_declared(path, volume, info, study)
         anchors = {(z, t): volume[:, :, z, t] for z, t in zip(*np.nonzero(volume.any(axis=(0, 1))), strict=True)}
         if not anchors:
             raise CSTMInputError(path, "annotation is empty (no labelled pixel)", "labels 1-3 on at least one frame")
@@ -207,6 +214,8 @@ def read_annotation(
     else:
         phase = phase_index(info, phase_key, shape[3], study, path.name)
         label = read_label(path, shape, affine)
+        if phase_name is None:
+            _check_declared(path, label, info, study)
         candidates = labelled_slices(info, phase_name, shape[2], study) if phase_name else range(shape[2])
         slices = [z for z in candidates if label[:, :, z].any()]
         if not slices:
@@ -232,6 +241,26 @@ def read_annotation(
         "anchor_labels": torch.as_tensor(np.stack([anchors[f] for f in frames])),
         "anchor_source": path.name,
     }
+
+
+def _check_declared(path: Path, label: np.ndarray, info: dict[str, Any], study: Path) -> None:
+    """An ``annotation.nii.gz`` draws only classes that ``info["labels"]`` declares, where it declares them (the
+    ground-truth files' classes are checked per phase and slice by :func:`~.study.slice_classes`).
+
+    Raises:
+        CSTMInputError: naming the annotation, its classes and the declared ones.
+    """
+    if "labels" not in info:
+        return
+    drawn = sorted(int(v) for v in np.unique(label) if v)
+    extra = sorted(set(drawn) - set(info["labels"]))
+    if extra:
+        names = ", ".join(f"{c} {CLASS_NAMES[c]}" for c in extra)
+        raise CSTMInputError(
+            path,
+            f"draws {names}, which 'labels' of {INFO_FILE} ({info['labels']}) does not declare",
+            "the classes of 'labels' only (or 'labels' listing every class drawn)",
+        )
 
 
 def _no_anchor(shape: tuple[int, ...]) -> dict[str, Any]:
@@ -543,7 +572,7 @@ class SaveStudyLabeld(MapTransform):
             header = header.copy()
             header.set_data_dtype(np.uint8)
             header["scl_slope"], header["scl_inter"] = 1, 0
-        path = save_nifti(labels, affine, self.output_files(d["study"])[0], self.overwrite, header)
+        path = save_nifti(labels, affine, output_folder(d, self.output_dir) / OUTPUT_FILE, self.overwrite, header)
         logger.info(f"{d['study']}: 4D label map written to {path}")
         return d
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
 from collections.abc import Mapping
 from itertools import groupby
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +18,10 @@ from monai.transforms import SpatialPad, compute_divisible_spatial_size
 from monai.utils import convert_to_tensor
 from torch import Tensor
 
-from ..data.roi import class_argmax, crop_resize, foreground_center, heart_box, paste_probabilities
+from ..data.roi import Box, anchor_box, class_argmax, crop_resize, paste_probabilities
+from ..errors import CSTMInputError
 from ..networks.cstm import CSTM
-from .cache import PropagationCache, tensor_digest
+from .cache import DEFAULT_CACHE_MAX_GB, PropagationCache, tensor_digest
 from .cleanup import clean_up
 from .memory import MemoryBank
 from .schedule import (
@@ -49,6 +51,26 @@ def pad_to_multiple(x: Tensor, multiple: int, min_size: int = 0) -> tuple[Tensor
     _, (top, bottom), (left, right) = padder.compute_pad_width(x.shape[-2:])
     padded = convert_to_tensor(padder(x.reshape(-1, *x.shape[-2:])), track_meta=False)  # (N, H', W')
     return padded.reshape(*x.shape[:-2], *size), (left, right, top, bottom)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype of ``amp=True`` on ``device``: float16 on CUDA, bfloat16 elsewhere (CPU)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def numerics(device: torch.device, amp: bool) -> dict[str, Any]:
+    """What, besides the weights and the settings, changes a prediction's floating-point result: the device type (CPU
+    and CUDA kernels round differently, and ``amp`` autocasts to a different dtype on each), the compute dtype, on CUDA
+    whether TF32 is allowed, and the torch version. Part of the propagation cache's key; the GPU model and the device
+    index are not (the same kernels on another card of one run differ far below the float16 the cache stores)."""
+    record: dict[str, Any] = {
+        "device": device.type,
+        "dtype": str(amp_dtype(device) if amp else torch.float32),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        record["tf32"] = [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]
+    return record
 
 
 def crop_padding(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
@@ -103,9 +125,8 @@ def propagate_4d(
         if probabilities is not None:
             probabilities[f] = probs
     bank = MemoryBank(plan)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+    with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
         read = [f for f in known if bank.needed(f)]  # known frames that no query reads are not encoded
         for b in range(0, len(read), max_batch):
             part = read[b : b + max_batch]
@@ -196,8 +217,8 @@ def annotated_frame(labels: Tensor) -> tuple[Tensor, int, int]:
     """The primary annotated frame of an annotation channel: labels (H, W, Z, T), 0 outside the annotated frames.
 
     The rule :class:`~scripts.data.LoadStudyd` applies to ``annotation.nii.gz``: the first phase with a labelled pixel,
-    and of its labelled slices the middle one. It centres the heart ROI; every labelled frame is an anchor
-    (:func:`labelled_frames`).
+    and of its labelled slices the middle one. Every labelled frame is an anchor (:func:`labelled_frames`); the heart
+    ROI is centred by the rule of :func:`~scripts.data.roi.anchor_box`, whichever frame is the primary one.
 
     Returns:
         (H, W) labels of that frame, its slice z_a and phase t_a.
@@ -225,12 +246,12 @@ class Propagation4DInferer(Inferer):
     Called by MONAI's ``SupervisedEvaluator`` as ``inferer(image, network, annotation=..., annotation_slice=...,
     annotation_phase=..., image_spacing=..., anchor_frames=..., anchor_labels=...)``, or, as MONAI Label's inference
     tasks call an inferer, as ``inferer(inputs, network)`` with the annotation as a second input channel (see
-    :meth:`__call__`). Every annotated frame is an anchor of the schedule (:func:`~.schedule.plan_propagation`); the
-    primary one (``annotation``) centres the heart ROI. With
-    ``roi_size`` set, every frame is cropped to a square of
-    ``roi_size * spacing`` mm around the annotated heart and resampled to ``roi_size`` pixels (see
-    :mod:`scripts.data.roi`); the labels are mapped back onto the input grid, background outside the ROI. Without it,
-    whole frames are zero-padded to the network's size multiple.
+    :meth:`__call__`). Every annotated frame is an anchor of the schedule (:func:`~.schedule.plan_propagation`). With
+    ``roi_size`` set, every frame is cropped to a square of ``roi_size * spacing`` mm around the annotated heart and
+    resampled to ``roi_size`` pixels (see :mod:`scripts.data.roi`); the square is placed by
+    :func:`~scripts.data.roi.anchor_box` from the set of anchors (which one is the primary does not matter, and an
+    added frame inside it does not move it). The labels are mapped back onto the input grid, background outside the
+    ROI. Without ``roi_size``, whole frames are zero-padded to the network's size multiple.
 
     Args:
         continuity: "both" (paper), "spatial" or "temporal" (paper Table 7).
@@ -250,7 +271,23 @@ class Propagation4DInferer(Inferer):
             (:func:`~.schedule.time_direction_weights`); twice the network calls.
         cache_dir: keep every study's propagation there (:class:`~.cache.PropagationCache`): a rerun with more
             annotated frames (a correction) predicts only the frames whose memory chain changed. None: no cache.
+        cache_max_gb: most gigabytes (1e9 bytes) of entries kept in ``cache_dir``; the least recently used are
+            evicted after each write, never the one just written. None: no bound.
+
+    Every argument is part of the cache key (:meth:`cache_settings`) unless :data:`CACHE_NEUTRAL` names it with the
+    reason it cannot change a cached frame's probabilities.
     """
+
+    CACHE_NEUTRAL: ClassVar[dict[str, str]] = {
+        "max_batch": "batching does not change a frame's prediction (tests/unit/test_propagation.py)",
+        "progress": "logging only",
+        "largest_component": "clean-up runs after the cache, on the input grid; the cache holds the probabilities",
+        "fill_holes": "clean-up runs after the cache, on the input grid; the cache holds the probabilities",
+        "time_direction": "each cache entry holds one direction, and the direction is in its key",
+        "cache_dir": "where entries are kept, not what they hold",
+        "cache_max_gb": "how many entries are kept, not what they hold",
+    }
+    """The constructor arguments left out of the cache key, each with the reason."""
 
     def __init__(
         self,
@@ -267,6 +304,7 @@ class Propagation4DInferer(Inferer):
         fill_holes: bool = False,
         time_direction: Literal["forward", "both"] = "forward",
         cache_dir: str | os.PathLike | None = None,
+        cache_max_gb: float | None = DEFAULT_CACHE_MAX_GB,
     ):
         super().__init__()
         if time_direction not in ("forward", "both"):
@@ -283,7 +321,21 @@ class Propagation4DInferer(Inferer):
         self.largest_component = largest_component
         self.fill_holes = fill_holes
         self.time_direction = time_direction
-        self.cache = None if cache_dir is None else PropagationCache(cache_dir)
+        self.cache_dir = cache_dir
+        self.cache_max_gb = cache_max_gb
+        self.cache = None if cache_dir is None else PropagationCache(cache_dir, cache_max_gb)
+
+    def cache_settings(self, device: torch.device) -> dict[str, Any]:
+        """Every setting of this inferer that can change a cached frame's probabilities, for the cache key.
+
+        Derived from the constructor's signature, so that a new argument is in the key unless it is added to
+        :data:`CACHE_NEUTRAL` with a reason; plus the :func:`numerics` of ``device`` and ``amp``. The network's part
+        (weights, recorded arguments, matcher) is added by :meth:`~.cache.PropagationCache.key`.
+        """
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "args", "kwargs")]
+        settings = {n: getattr(self, n) for n in names if n not in self.CACHE_NEUTRAL}
+        settings["numerics"] = numerics(device, self.amp)
+        return settings
 
     def plan(
         self,
@@ -375,6 +427,7 @@ class Propagation4DInferer(Inferer):
             given = {annotated: ann} if study_anchors is None else {annotated: ann, **study_anchors[b]}
             for f, lab in given.items():
                 _check_labels(lab, f, network.num_classes)
+            box = None
             if self.roi_size is None:
                 frames, pad = pad_to_multiple(image, network.size_multiple, network.matcher.min_size)
                 anchors_in = {
@@ -382,8 +435,9 @@ class Propagation4DInferer(Inferer):
                     for f, lab in given.items()
                 }
             else:
-                box = heart_box(
-                    foreground_center(ann),
+                box = anchor_box(  # from the set of anchors, whichever is the primary one
+                    given,
+                    image.shape[0],
                     tuple(torch.as_tensor(image_spacing).reshape(-1, 2)[b].tolist()),
                     self.roi_size,
                     self.spacing,
@@ -392,7 +446,7 @@ class Propagation4DInferer(Inferer):
                 anchors_in = {
                     f: crop_resize(lab[None, None], box, self.roi_size, "nearest")[0, 0] for f, lab in given.items()
                 }  # (S, S) each
-            labels, probs, disagreement = self._propagate(network, frames, anchors_in, bool(base[b]))
+            labels, probs, disagreement = self._propagate(network, frames, anchors_in, bool(base[b]), box)
             confidence.append(frame_confidence(probs))
             disagreements.append(torch.zeros_like(confidence[-1]) if disagreement is None else disagreement)
             if self.roi_size is None:
@@ -413,9 +467,10 @@ class Propagation4DInferer(Inferer):
         return pred
 
     def _propagate(
-        self, network: CSTM, frames: Tensor, anchors: dict[Frame, Tensor], base_first: bool
+        self, network: CSTM, frames: Tensor, anchors: dict[Frame, Tensor], base_first: bool, roi: Box | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Propagate the anchors through frames (Z, T, S, S) in ``time_direction``.
+        """Propagate the anchors through frames (Z, T, S, S) in ``time_direction``; ``roi`` is the heart ROI in input
+        pixels that ``frames`` were cropped from (None: whole frames), part of the cache key.
 
         Returns:
             labels (Z, T, S, S) uint8, class probabilities (Z, T, O, S, S) float16 and, with "both", the
@@ -429,7 +484,8 @@ class Propagation4DInferer(Inferer):
             plan = self.plan(num_slices, num_phases, list(anchors), base_first, backward)
             known: dict[Frame, Tensor] = dict(anchors)
             if self.cache is not None:
-                key = self.cache.key(network, frames, backward)
+                settings = {**self.cache_settings(frames.device), "roi": None if roi is None else list(roi)}
+                key = self.cache.key(network, frames, settings, backward)
                 signatures = chain_signatures(plan, {f: tensor_digest(lab) for f, lab in anchors.items()})
                 entry = self.cache.load(key)
                 if entry is not None and tuple(entry["probabilities"].shape) == tuple(probs.shape):
@@ -447,8 +503,11 @@ class Propagation4DInferer(Inferer):
                 self.progress,
                 probabilities=probs,
             )
-            if self.cache is not None:
-                self.cache.save(key, signatures, probs)
+            if self.cache is not None and plan:  # nothing predicted: the entry holds this result already
+                try:
+                    self.cache.save(key, signatures, probs)
+                except (OSError, CSTMInputError) as e:  # a read-only cache: the result stands, it is not kept
+                    logger.warning(f"propagation cache: not kept ({e})")
             results.append((labels.permute(2, 3, 0, 1), probs))
         if len(results) == 1:
             return (*results[0], None)

@@ -12,7 +12,6 @@ the myocardium at ED (Sunnybrook: LV EDV, ESV, EF and mass; no RV row).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import write_atomic
+from ..io import SafeDictWriter, write_atomic
 from .cardiac import LV, MYO, RV, cardiac_function
 
 AGREEMENT_FILE = "function.csv"
@@ -181,7 +180,7 @@ def write_agreement_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLi
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, AGREEMENT_COLUMNS)
+            writer = SafeDictWriter(f, AGREEMENT_COLUMNS)
             writer.writeheader()
             for r in rows:
                 writer.writerow(

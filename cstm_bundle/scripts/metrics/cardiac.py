@@ -21,10 +21,11 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy as to_numpy
 
 from ..data.dicom import DICOM_DIR, CineTags, read_cine_tags
+from ..data.outputs import output_folder
 from ..data.readers import image_geometry, study_image
 from ..data.study import read_info
 from ..io import save_json, write_atomic
-from .clinical_report import clinical_context, format_report
+from .clinical_report import PLAUSIBLE_LV_MASS_G, PLAUSIBLE_ML, clinical_context, format_report
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,14 @@ def cardiac_function(
         {"ed_phase", "es_phase", "ed_source", "es_source", "lv": {"edv_ml", "esv_ml", "sv_ml", "ef_percent"},
         "rv": {...}, "lv_mass_g", "volumes_ml": {"lv": [T], "rv": [T], "myo": [T]}}. EF is None when EDV is 0 (the
         structure is absent): a documented value, never a division by zero.
+    Raises:
+        ValueError: ``ed`` or ``es`` is not a phase of ``labels`` (``info.json`` is checked against the image before
+            any work: :func:`~scripts.data.study.check_info_ranges`).
     """
     volumes = phase_volumes(labels, voxel_ml)
+    for name, phase in (("ed", ed), ("es", es)):
+        if phase is not None and not 0 <= phase < labels.shape[3]:
+            raise ValueError(f"{name}={phase} is outside the {labels.shape[3]} phases of the label map.")
     out: dict[str, Any] = {
         "ed_phase": int(np.argmax(volumes["lv"])) if ed is None else int(ed),
         "es_phase": int(np.argmin(volumes["lv"])) if es is None else int(es),
@@ -102,9 +109,6 @@ def cardiac_function(
     return out
 
 
-PLAUSIBLE_ML = {"lv": (10.0, 600.0), "rv": (10.0, 600.0)}
-"""EDV range (mL) of human ventricles, generously: outside it the units, the affine or the segmentation are wrong."""
-PLAUSIBLE_LV_MASS_G = (20.0, 500.0)
 VANISHED_FRACTION = 0.5
 """A class absent from more than this fraction of the phases, while present at others, is flagged."""
 
@@ -113,7 +117,9 @@ def sanity_flags(result: dict[str, Any], labels: np.ndarray) -> list[str]:
     """What makes a :func:`cardiac_function` result suspect (an empty list when nothing does).
 
     Flags: an EF outside [0, 100] %, an ESV above the EDV, an EDV or LV mass outside human anatomy
-    (:data:`PLAUSIBLE_ML`, :data:`PLAUSIBLE_LV_MASS_G`), a class present at some phases but absent from most.
+    (:data:`~.clinical_report.PLAUSIBLE_ML`, :data:`~.clinical_report.PLAUSIBLE_LV_MASS_G`), a class present at some
+    phases but absent from most. The body size and the indexed values are flagged by
+    :func:`~.clinical_report.clinical_context`.
 
     Args:
         result: from :func:`cardiac_function`.
@@ -203,7 +209,7 @@ class CardiacOutputsd(MapTransform):
             affine,
             study_dir,
         )
-        folder = self.output_dir / d["study"]
+        folder = output_folder(d, self.output_dir)
         written = [self._write_volumes(result, folder / VOLUMES_FILE)]
         written.append(save_json(result, folder / FUNCTION_FILE, self.overwrite))
         if self.pictures:

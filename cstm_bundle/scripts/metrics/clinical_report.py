@@ -2,8 +2,14 @@
 numbers follow (SCMR post-processing recommendations: state them), and the readable ``report.md``.
 
 - Body size: ``info.json`` ``height_cm`` / ``weight_kg``, each else the source DICOM series' PatientSize (m) /
-  PatientWeight (kg). A value outside :data:`PLAUSIBLE_HEIGHT_CM` / :data:`PLAUSIBLE_WEIGHT_KG` (PatientSize written
-  in cm, a weight in pounds) is flagged and not used.
+  PatientWeight (kg). ``info.json`` values beyond any patient (:data:`~scripts.data.study.HEIGHT_CM_LIMITS`,
+  :data:`~scripts.data.study.WEIGHT_KG_LIMITS`, :data:`~scripts.data.study.BMI_LIMITS`) are refused before any work
+  (:func:`~scripts.data.study.read_info`); DICOM values beyond them (PatientSize written in cm) are flagged and not
+  used. Within them, a body size that is still unlikely is used but flagged, and ``body.size_plausible`` is false
+  (:func:`body_size_flags`): a BMI outside :data:`PLAUSIBLE_BMI` or a BSA outside :data:`PLAUSIBLE_BSA_M2` (a weight
+  in pounds: 176 "kg" at 171 cm is a BMI of 60 and a BSA of 2.9 m²), or indexed values outside
+  :data:`PLAUSIBLE_INDEXED` while the unindexed value is plausible (a body size that does not fit the heart: a
+  neonate's 40 cm / 2 kg beside an adult heart gives an LV mass of 600 g/m²).
 - Indexed values: to body surface area (Mosteller, :func:`body_surface_area`; needs height and weight), per m², and to
   height to the power :data:`HEIGHT_POWER` (1: per m; needs the height only).
 - Heart rate (:func:`heart_rate`): from the DICOM only. RR interval = NominalInterval, else 60000 / HeartRate, else
@@ -21,17 +27,34 @@ from typing import Any
 import numpy as np
 
 from ..data.dicom import CineTags
-from ..data.study import INFO_FILE
+from ..data.study import BMI_LIMITS, HEIGHT_CM_LIMITS, INFO_FILE, WEIGHT_KG_LIMITS
 from ..errors import CSTMInputError
 
 HEIGHT_POWER = 1
 """Height-indexed values are value / height_m ** HEIGHT_POWER (per m). Power 1 keeps the unit readable (mL/m, g/m);
 allometric powers (1.7, 2.7 for LV mass) are left to the analysis, which has the height in ``body``."""
 BSA_FORMULA = "Mosteller: sqrt(height_cm * weight_kg / 3600) m²"
-PLAUSIBLE_HEIGHT_CM = (40.0, 250.0)
-PLAUSIBLE_WEIGHT_KG = (2.0, 350.0)
+PLAUSIBLE_HEIGHT_CM = HEIGHT_CM_LIMITS
+PLAUSIBLE_WEIGHT_KG = WEIGHT_KG_LIMITS
 PLAUSIBLE_HEART_RATE_BPM = (25.0, 220.0)
-"""Outside these the number is more likely a unit or header error than a patient: flagged."""
+"""Outside these the number is more likely a unit or header error than a patient: flagged (the height or weight is
+not used)."""
+PLAUSIBLE_ML = {"lv": (10.0, 600.0), "rv": (10.0, 600.0)}
+"""EDV range (mL) of human ventricles, generously: outside it the units, the affine or the segmentation are wrong."""
+PLAUSIBLE_LV_MASS_G = (20.0, 500.0)
+PLAUSIBLE_BMI = (12.0, 50.0)
+PLAUSIBLE_BSA_M2 = (0.2, 2.7)
+"""kg/m² and m²: a body size outside these is used for indexing but flagged (check the units): adults are rarely
+outside them (BMI 50 is 153 kg at 175 cm; BSA 2.7 m² is 200 cm and 130 kg), while a weight in pounds or a height in
+inches moves most patients out of them."""
+PLAUSIBLE_INDEXED = {
+    ("lv", "edv_ml_per_m2"): ("LV EDV / BSA", "mL/m²", 20.0, 250.0),
+    ("rv", "edv_ml_per_m2"): ("RV EDV / BSA", "mL/m²", 20.0, 250.0),
+    ("lv_mass_g_per_m2",): ("LV mass / BSA", "g/m²", 20.0, 250.0),
+}
+"""Indexed values of hearts from small children to dilated and hypertrophied adults (normal adults: LV/RV EDV 55-115
+mL/m², LV mass 40-95 g/m²), generously; outside, with a plausible unindexed value, the body size does not fit the
+heart: flagged."""
 CONVENTIONS = {
     "papillary_muscles_trabeculae": "counted as the labels have them; the training labels (ACDC) draw them inside "
     "the blood pool, so they count in the LV/RV volumes and not in the LV mass",
@@ -71,8 +94,12 @@ def body_size(
         tags: the source DICOM series' tags, None for a NIfTI study.
         study_dir: the study folder, for messages.
     Returns:
-        ({"height_cm", "height_source", "weight_kg", "weight_source", "bsa_m2"}, flags); a value and its source are
-        None where unknown or implausible; the sources are "info.json", "DICOM PatientSize", "DICOM PatientWeight".
+        ({"height_cm", "height_source", "weight_kg", "weight_source", "bsa_m2", "bmi_kg_per_m2", "size_plausible"},
+        flags); a value and its source are None where unknown or impossible (outside :data:`PLAUSIBLE_HEIGHT_CM`,
+        :data:`PLAUSIBLE_WEIGHT_KG`, or together a BMI outside :data:`~scripts.data.study.BMI_LIMITS`: flagged, not
+        used); the sources are "info.json", "DICOM PatientSize", "DICOM PatientWeight". ``size_plausible``: None
+        without height and weight, else whether :func:`body_size_flags` found nothing (:func:`clinical_context` also
+        sets it false for implausible indexed values).
     Raises:
         CSTMInputError: ``info.json``'s ``height_cm`` / ``weight_kg`` is not a positive number (or null).
     """
@@ -92,8 +119,74 @@ def body_size(
         out[key] = None if value is None else round(value, 2)
         out[f"{name}_source"] = None if value is None else source
     known = out["height_cm"] is not None and out["weight_kg"] is not None
+    if known and not BMI_LIMITS[0] <= body_mass_index(out["height_cm"], out["weight_kg"]) <= BMI_LIMITS[1]:
+        flags.append(
+            f"height {out['height_cm']:g} cm ({out['height_source']}) and weight {out['weight_kg']:g} kg "
+            f"({out['weight_source']}) give a BMI of {body_mass_index(out['height_cm'], out['weight_kg']):.0f} kg/m², "
+            f"outside {BMI_LIMITS[0]:g}-{BMI_LIMITS[1]:g}: not used for indexing"
+        )
+        out.update(dict.fromkeys(("height_cm", "height_source", "weight_kg", "weight_source")))
+        known = False
     out["bsa_m2"] = round(body_surface_area(out["height_cm"], out["weight_kg"]), 3) if known else None
-    return out, flags
+    out["bmi_kg_per_m2"] = round(body_mass_index(out["height_cm"], out["weight_kg"]), 1) if known else None
+    size_flags = body_size_flags(out)
+    out["size_plausible"] = None if not known else not size_flags
+    return out, flags + size_flags
+
+
+def body_mass_index(height_cm: float, weight_kg: float) -> float:
+    """Body mass index in kg/m²: weight_kg / (height_cm / 100)²."""
+    return weight_kg / (height_cm / 100.0) ** 2
+
+
+def body_size_flags(body: Mapping[str, Any]) -> list[str]:
+    """One flag when the BMI or the BSA of ``body`` (:func:`body_size`) is outside :data:`PLAUSIBLE_BMI` /
+    :data:`PLAUSIBLE_BSA_M2`, naming both and the values behind them; none without height and weight."""
+    if body["bsa_m2"] is None:
+        return []
+    outside = [
+        f"{name} {value:.{digits}f} {unit} outside {low:g}-{high:g} {unit}"
+        for name, value, unit, digits, (low, high) in (
+            ("BMI", body["bmi_kg_per_m2"], "kg/m²", 1, PLAUSIBLE_BMI),
+            ("BSA", body["bsa_m2"], "m²", 2, PLAUSIBLE_BSA_M2),
+        )
+        if not low <= value <= high
+    ]
+    if not outside:
+        return []
+    return [
+        f"implausible body size: {', '.join(outside)} (height {body['height_cm']:g} cm from {body['height_source']}, "
+        f"weight {body['weight_kg']:g} kg from {body['weight_source']}): check the units (a height in inches, a "
+        "weight in pounds?)"
+    ]
+
+
+def indexed_flags(function: Mapping[str, Any], indexed: Mapping[str, Any]) -> list[str]:
+    """One flag when BSA-indexed values are outside :data:`PLAUSIBLE_INDEXED` while their unindexed values are
+    plausible (:data:`PLAUSIBLE_ML`, :data:`PLAUSIBLE_LV_MASS_G`): the body size does not fit the heart.
+
+    Args:
+        function: ``lv`` / ``rv`` (``edv_ml``), ``lv_mass_g`` and ``body`` (:func:`body_size`).
+        indexed: from :func:`indexed_function`.
+    """
+    raw = {
+        ("lv", "edv_ml_per_m2"): (function["lv"]["edv_ml"], PLAUSIBLE_ML["lv"]),
+        ("rv", "edv_ml_per_m2"): (function["rv"]["edv_ml"], PLAUSIBLE_ML["rv"]),
+        ("lv_mass_g_per_m2",): (function["lv_mass_g"], PLAUSIBLE_LV_MASS_G),
+    }
+    outside = []
+    for path, (name, unit, low, high) in PLAUSIBLE_INDEXED.items():
+        value = indexed[path[0]] if len(path) == 1 else indexed[path[0]][path[1]]
+        unindexed, (raw_low, raw_high) = raw[path]
+        if value is not None and unindexed and raw_low <= unindexed <= raw_high and not low <= value <= high:
+            outside.append(f"{name} {value:.0f} {unit} outside {low:g}-{high:g} {unit}")
+    if not outside:
+        return []
+    body = function["body"]
+    return [
+        f"body size does not fit the heart: {', '.join(outside)} (BSA {body['bsa_m2']:.2f} m² from height "
+        f"{body['height_cm']:g} cm, weight {body['weight_kg']:g} kg): check height_cm and weight_kg"
+    ]
 
 
 def rr_from_trigger_times(trigger_times_ms: np.ndarray) -> float | None:
@@ -213,9 +306,9 @@ def clinical_context(
     study_dir: str | os.PathLike,
 ) -> dict[str, Any]:
     """``function`` (:func:`~.cardiac.cardiac_function` with ``flags``) completed into ``cardiac_function.json``'s
-    content: ``ed_es_source``, ``co_l_per_min`` in ``lv`` / ``rv``, ``body`` (:func:`body_size`), the keys of
-    :func:`heart_rate`, ``indexed`` (:func:`indexed_function`), ``conventions`` (:func:`conventions`), the new flags
-    appended to ``flags``. The existing keys keep their values.
+    content: ``ed_es_source``, ``co_l_per_min`` in ``lv`` / ``rv``, ``body`` (:func:`body_size`; ``size_plausible``
+    false also for :func:`indexed_flags`), the keys of :func:`heart_rate`, ``indexed`` (:func:`indexed_function`),
+    ``conventions`` (:func:`conventions`), the new flags appended to ``flags``. The existing keys keep their values.
 
     Args:
         function: the result so far.
@@ -234,7 +327,10 @@ def clinical_context(
         out[name] = {**function[name], "co_l_per_min": None if bpm is None else round(sv * bpm / 1000.0, 3)}
     out.update(body=body, **rhythm)
     out["indexed"] = indexed_function(out, body)
-    out["flags"] = [*function.get("flags", []), *body_flags, *rhythm_flags]
+    size_flags = indexed_flags(out, out["indexed"])
+    if size_flags:
+        body["size_plausible"] = False
+    out["flags"] = [*function.get("flags", []), *body_flags, *size_flags, *rhythm_flags]
     out["conventions"] = conventions(affine, tags)
     return out
 
@@ -287,7 +383,9 @@ def format_report(function: Mapping[str, Any], pictures: Sequence[str] = ()) -> 
         "",
         f"- Height: {_known(body['height_cm'], 'cm', body['height_source'])}; weight: "
         f"{_known(body['weight_kg'], 'kg', body['weight_source'])}; BSA: "
-        + ("n/a (height and weight needed)" if body["bsa_m2"] is None else f"{body['bsa_m2']:.2f} m² ({BSA_FORMULA})"),
+        + ("n/a (height and weight needed)" if body["bsa_m2"] is None else f"{body['bsa_m2']:.2f} m² ({BSA_FORMULA})")
+        + ("" if body.get("bmi_kg_per_m2") is None else f"; BMI: {body['bmi_kg_per_m2']:.1f} kg/m²")
+        + (" (implausible: see the sanity flags)" if body.get("size_plausible") is False else ""),
         "- Heart rate: "
         + (
             "n/a (no DICOM timing)"

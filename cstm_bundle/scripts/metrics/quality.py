@@ -18,7 +18,6 @@ correlation of score and Dice, Dice of the flagged frames against the rest).
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Hashable, Iterable, Mapping
@@ -30,9 +29,10 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy as to_numpy
 
+from ..data.outputs import output_folder
 from ..inferers.propagation import QC_CONFIDENCE, QC_DISAGREEMENT
 from ..inferers.schedule import Frame, slice_regions
-from ..io import save_json, write_atomic
+from ..io import SafeDictWriter, save_json, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,10 @@ class QualityReportd(MapTransform):
     """Write ``<output_dir>/<study>/qc.csv`` and ``qc.json`` and log the frame to correct next.
 
     ``qc.json``: the study, counts of frames and flagged frames, the lowest-scoring frame that is not annotated
-    (``correct_next``: z, t, region, score), the thresholds, the mean score, where the anchor came from
-    (``anchor_source``: the annotation file, or "generated") and, for a generated one, ``generated_anchor`` (z, t,
-    the initialiser's confidence, how the phase was chosen, its weights: :class:`~scripts.inferers.AutoAnchord`).
+    (``correct_next``: z, t, region, score and its parts, and ``why``: :func:`why`), the thresholds, the mean score,
+    where the anchor came from (``anchor_source``: the annotation file, or "generated") and, for a generated one,
+    ``generated_anchor`` (z, t, the initialiser's confidence, how the phase was chosen, its weights:
+    :class:`~scripts.inferers.AutoAnchord`).
 
     Args:
         keys: the prediction key, (1, H, W, Z, T) with the inferer's quality meta.
@@ -153,7 +154,7 @@ class QualityReportd(MapTransform):
         for key in self.key_iterator(d):
             labels, confidence, disagreement = quality_inputs(d, key)
             rows = frame_quality(labels, confidence, disagreement, anchor_list(d), bool(d.get("base_first", True)))
-            csv_path, json_path = self.output_files(d["study"])
+            csv_path, json_path = (output_folder(d, self.output_dir) / name for name in QC_FILES)
             write_atomic(csv_path, lambda tmp: _write_csv(tmp, rows), self.overwrite)
             candidates = [r for r in rows if not r["anchor"]]
             worst = min(candidates, key=lambda r: r["score"]) if candidates else None
@@ -162,7 +163,9 @@ class QualityReportd(MapTransform):
                 "num_frames": len(rows),
                 "num_flagged": sum(r["flagged"] for r in rows),
                 "mean_score": round(float(np.mean([r["score"] for r in candidates])), 4) if candidates else None,
-                "correct_next": None if worst is None else {k: worst[k] for k in ("z", "t", "region", "score")},
+                "correct_next": (
+                    None if worst is None else {**{k: worst[k] for k in CORRECT_NEXT_KEYS}, "why": why(worst)}
+                ),
                 "thresholds": {"min_score": MIN_SCORE, "max_area_jump": MAX_AREA_JUMP},
                 "score": "confidence × (1 − disagreement); docs/README.md, 'Quality report'",
                 "anchor_source": d.get("anchor_source"),
@@ -177,6 +180,21 @@ class QualityReportd(MapTransform):
         return d
 
 
+CORRECT_NEXT_KEYS = ("z", "t", "region", "score", "confidence", "disagreement", "area_jump", "flagged")
+"""What ``qc.json``'s ``correct_next`` repeats of the frame's ``qc.csv`` row (beside ``why``)."""
+
+
+def why(row: Mapping[str, Any]) -> str:
+    """One sentence on why a frame is the one to correct next: its score and what lowered it."""
+    parts = [f"lowest score of the frames not annotated ({row['score']:.3f} = confidence {row['confidence']:.3f}"]
+    parts[0] += f" × (1 − disagreement {row['disagreement']:.3f}))" if row["disagreement"] else ")"
+    if row["score"] < MIN_SCORE:
+        parts.append(f"below the flag threshold {MIN_SCORE}")
+    if row["area_jump"] > MAX_AREA_JUMP:
+        parts.append(f"its areas jump by {row['area_jump']:.2f} against the neighbouring phases (> {MAX_AREA_JUMP})")
+    return "; ".join(parts)
+
+
 def _plain(value: Any) -> Any:
     """A decollated item's value as JSON: tensors and numpy scalars to Python numbers, recursively."""
     if isinstance(value, Mapping):
@@ -188,6 +206,6 @@ def _plain(value: Any) -> Any:
 
 def _write_csv(tmp: str, rows: list[dict[str, Any]]) -> None:
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=QC_COLUMNS)
+        writer = SafeDictWriter(f, fieldnames=QC_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)

@@ -19,7 +19,6 @@ slices).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ from ..data.transforms import UNLABELLED, read_annotation
 from ..errors import CSTMInputError
 from ..inferers.initializer import GENERATED, FrameInitializer
 from ..inferers.propagation import QC_CONFIDENCE
-from ..io import save_json, write_atomic
+from ..io import SafeDictWriter, save_json, write_atomic
 from ..networks.weights import build_cstm_from_checkpoint, read_checkpoint, state_dict_of
 from .agreement import (
     AGREEMENT_FILE,
@@ -353,7 +352,7 @@ class EvaluationReport:
 
         def write_csv(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, COLUMNS)
+                writer = SafeDictWriter(f, COLUMNS)  # study and group names: no formula
                 writer.writeheader()
                 for r in self.rows:
                     writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
@@ -367,7 +366,7 @@ class EvaluationReport:
 
             def write_quality(tmp: str) -> None:
                 with open(tmp, "w", newline="") as f:
-                    writer = csv.DictWriter(f, ["study", *QC_COLUMNS, "dice"])
+                    writer = SafeDictWriter(f, ["study", *QC_COLUMNS, "dice"])
                     writer.writeheader()
                     writer.writerows({**r, "dice": round(r["dice"], 4)} for r in self.quality_rows)
 
