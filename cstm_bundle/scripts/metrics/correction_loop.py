@@ -44,7 +44,7 @@ from ..inferers.schedule import Frame
 from ..io import SafeDictWriter, save_json, write_atomic
 from ..networks.weights import read_checkpoint, state_dict_of
 from .quality import frame_quality
-from .report import _frame_dice, scored_slices
+from .report import class_mean_dice, scored_slices
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def frame_dice(pred: np.ndarray, label: np.ndarray, frames: Mapping[Frame, Seque
     """2D Dice of every frame of ``frames`` (mean over its drawn classes present in the prediction or the truth)."""
     out = {}
     for (z, t), classes in frames.items():
-        dice = _frame_dice(pred[:, :, z, t], label[:, :, z, t], classes)
+        dice = class_mean_dice(pred[:, :, z, t], label[:, :, z, t], classes)
         if dice is not None:
             out[z, t] = dice
     return out

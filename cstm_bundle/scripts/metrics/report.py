@@ -312,7 +312,7 @@ class EvaluationReport:
         for t, by_class in scored.items():
             for z in sorted({s for zs in by_class.values() for s in zs}):
                 classes = [c for c, zs in by_class.items() if z in zs]
-                dice = _frame_dice(pred[:, :, z, t], label[:, :, z, t], classes)
+                dice = class_mean_dice(pred[:, :, z, t], label[:, :, z, t], classes)
                 if dice is not None:
                     self.quality_rows.append({"study": d["study"], "dice": dice, **rows[(z, t)]})
 
@@ -544,7 +544,7 @@ if __name__ == "__main__":  # python -m scripts.metrics.report <summary.json>: t
         print(format_agreement_table(loaded))
 
 
-def _frame_dice(pred: np.ndarray, truth: np.ndarray, classes: Sequence[int]) -> float | None:
+def class_mean_dice(pred: np.ndarray, truth: np.ndarray, classes: Sequence[int]) -> float | None:
     """Mean Dice of one (H, W) frame over ``classes`` present in the prediction or the truth (None: none is)."""
     dice = [
         2 * np.sum((pred == c) & (truth == c)) / (np.sum(pred == c) + np.sum(truth == c))
