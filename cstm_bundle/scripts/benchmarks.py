@@ -3,6 +3,7 @@
     python -m scripts.benchmarks matching [--size 384] [--device cuda] [--repeats 7] [--threads 1]
     python -m scripts.benchmarks inference [--sizes 240,384] [--variants small,full] [--device cuda] [--amp true]
     python -m scripts.benchmarks correction [--checkpoint models/model.pt] [--device cuda]
+    python -m scripts.benchmarks training [--variant small] [--batch 8] [--steps 6] [--threads 1] [--device cuda]
 
 ``matching`` times one memory readout (all configured strides) of the full variant's channel widths (C_k = 32,
 C_v = 512 at stride 16 and 256 at stride 8) for PLMM (strides 16 + 8), dense (16 + 8) and dense (16 only, STCN), for
@@ -268,5 +269,86 @@ def correction(checkpoint: str = "models/model.pt", device: str = "cpu", repeats
     )
 
 
+TRAINING_CASES = {
+    "fp32": (False, False),
+    "bf16 autocast": (True, False),
+    "channels-last": (False, True),
+    "bf16 + channels-last": (True, True),
+}
+"""Name -> (autocast, channels-last) of the training-step cases (autocast: bfloat16 on a CPU, float16 on CUDA)."""
+
+
+def training(
+    variant: str = "small",
+    batch: int = 8,
+    steps: int = 6,
+    size: int = 192,
+    threads: int | None = 1,
+    device: str = "cpu",
+) -> None:
+    """Time one training step (:func:`~scripts.engines.trainer.propagate_triplet`, loss, backward, Adam) of ``batch``
+    three-frame samples at ``size`` px for each of :data:`TRAINING_CASES`, the cases in turns (median over ``steps``
+    after one warm-up step each), and print triplets/s with the ratio to fp32 and the loss of the same batch (equal
+    losses: the cases compute the same step)."""
+    import torch.nn.functional as F
+
+    from .engines.trainer import propagate_triplet
+    from .networks import build_cstm
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    frames = torch.rand((batch, 3, 1, size, size), device=dev)
+    masks = torch.zeros((batch, 3, size, size), dtype=torch.long, device=dev)
+    masks[:, :, size // 3 : size // 2, size // 3 : size // 2] = 3
+    networks, optimizers, times, losses = {}, {}, {name: [] for name in TRAINING_CASES}, {}
+    for name, (_, channels_last) in TRAINING_CASES.items():
+        torch.manual_seed(0)
+        net = build_cstm(variant).to(dev).train()
+        networks[name] = net.to(memory_format=torch.channels_last) if channels_last else net
+        optimizers[name] = torch.optim.Adam(networks[name].parameters(), lr=1e-4)
+
+    def step(name: str) -> float:
+        autocast, channels_last = TRAINING_CASES[name]
+        x = frames
+        if channels_last:  # (B*3, 1, H, W) in channels-last strides, viewed back as (B, 3, 1, H, W)
+            x = frames.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (batch, 3))
+        start = time.perf_counter()
+        optimizers[name].zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, enabled=autocast):
+            logits2, logits3 = propagate_triplet(networks[name], x, masks[:, 0])
+            loss = F.cross_entropy(logits2.float(), masks[:, 1]) + F.cross_entropy(logits3.float(), masks[:, 2])
+        loss.backward()
+        optimizers[name].step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        losses.setdefault(name, float(loss.detach()))
+        return time.perf_counter() - start
+
+    for name in TRAINING_CASES:
+        step(name)  # warm-up
+    for _ in range(steps):
+        for name in TRAINING_CASES:
+            times[name].append(step(name))
+    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    where = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    rows = [
+        f"| {name} | {median[name]:.2f} | {batch / median[name]:.1f} | {median['fp32'] / median[name]:.2f} |"
+        f" {losses[name]:.4f} |"
+        for name in TRAINING_CASES
+    ]
+    print(
+        "\n".join(
+            [
+                f"Training step, {variant} variant, {batch} triplets of {size} px, {where}, median of {steps}",
+                "| case | s / step | triplets / s | speed-up | first loss |",
+                "|---|---|---|---|---|",
+                *rows,
+            ]
+        )
+    )
+
+
 if __name__ == "__main__":
-    fire.Fire({"matching": matching, "inference": inference, "correction": correction})
+    fire.Fire({"matching": matching, "inference": inference, "correction": correction, "training": training})

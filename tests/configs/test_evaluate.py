@@ -29,9 +29,11 @@ def test_evaluate_on_phantom_studies(phantom_studies: Path, tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_rows(out / "metrics.csv")
     studies = sorted(p.name for p in phantom_studies.iterdir() if p.is_dir())
-    model = [r for r in rows if r["method"] == "model"]
-    # one row per study × phase × region × class (LV, Myo, RV, mean)
+    model = [r for r in rows if r["method"] == "model" and r["slices"] == "every"]
+    # one row per study × phase × region × class (LV, Myo, RV, mean), for every slice and for the labelled slices
     assert len(model) == len(studies) * 2 * 4 * 4
+    labelled = [r for r in rows if r["method"] == "model" and r["slices"] == "labelled"]
+    assert [{**r, "slices": "every"} for r in labelled] == model  # labels not stated complete: the same slices
     assert {(r["phase"], r["region"], r["class"]) for r in model} == {
         (p, g, c)
         for p in ("ED", "ES")
@@ -49,7 +51,7 @@ def test_evaluate_on_phantom_studies(phantom_studies: Path, tmp_path: Path) -> N
     assert str(out / "metrics.csv") in result.stdout and str(out / "summary.json") in result.stdout
     assert "Whole heart" in result.stdout and "frames/s" in result.stdout
     # cardiac function against the ground truth: every quantity per study for the model, ESV/EF for copy-ED (EF 0)
-    function = read_rows(out / "function.csv")
+    function = [r for r in read_rows(out / "function.csv") if r["slices"] == "every"]
     quantities = ("lv_ef_percent", "rv_ef_percent", "lv_edv_ml", "lv_esv_ml", "rv_edv_ml", "rv_esv_ml", "lv_mass_g")
     assert sorted((r["study"], r["quantity"]) for r in function if r["method"] == "model") == sorted(
         (s, q) for s in studies for q in quantities

@@ -181,3 +181,33 @@ def test_report_writes_function_rows_plot_and_summary(monkeypatch: pytest.Monkey
     with pytest.raises(CSTMInputError, match="bland_altman.png: output file exists"):
         check_evaluation_outputs(tmp_path)
     check_evaluation_outputs(tmp_path, overwrite=True)
+
+
+def test_a_complete_stack_is_scored_on_every_slice_beside_the_labelled_ones(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Slice 2 holds no structure at ES and the truth says so (labels complete): the model's LV carried there costs
+    it on every slice (Dice, ESV, the heart on empty slices), not on the labelled slices only."""
+    monkeypatch.setattr("scripts.metrics.report.read_info", lambda _: {"labels": [3, 2], "annotated_slices_es": [0, 1]})
+    item, _, _ = study_item()
+    item["label"][0, :, :, 2, 2] = 0  # a complete stack: the empty ES slice is background, not unlabelled
+    item["label"][0, ..., 0][item["label"][0, ..., 0] == UNLABELLED] = 0
+    item["pred"][0, :, :, 2, 2] = 0
+    item["pred"][0, 4:8, 4:8, 2, 2] = 3  # 16 LV voxels carried past the end of the heart
+    item["labels_complete"] = True
+    report = EvaluationReport(tmp_path, baselines=[])
+    report(item)
+    summary = report.write()
+    every, labelled = (summary[k]["model"]["ES"]["whole"]["LV"] for k in ("metrics", "metrics_labelled"))
+    assert every["dice_2d"] < labelled["dice_2d"]  # the carried slice scores 0 on every slice
+    assert {r["slices"] for r in report.rows} == {"every", "labelled"}
+    esv = {k: summary[k]["model"]["lv_esv_ml"]["bias"] for k in ("agreement", "agreement_labelled")}
+    assert esv["agreement"] == pytest.approx(esv["agreement_labelled"] + 16 * 0.018, abs=0.011)
+    empty = summary["agreement"]["model"]["heart_on_empty_slices_es_ml"]
+    assert empty["mean_ours"] == pytest.approx(16 * 0.018, abs=0.006) and empty["n_over_5ml"] == 0
+    assert "heart_on_empty_slices_es_ml" not in summary["agreement_labelled"]["model"]
+    assert "heart on empty slices at ES mL (n > 5)" in format_agreement_table(summary)
+    item["labels_complete"] = False
+    partial = EvaluationReport(tmp_path / "partial", baselines=[])
+    partial(item)
+    assert "heart_on_empty_slices_es_ml" not in partial.write()["agreement"]["model"]

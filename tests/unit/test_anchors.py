@@ -130,9 +130,13 @@ def test_both_time_directions_fuse_forward_and_backward(study: Path) -> None:
     assert agree_next >= agree_far and not torch.equal(both, forward)
 
 
+@pytest.mark.parametrize("anchor_memory, added", [(0, 1), (3, 3)])
 def test_a_correction_predicts_only_the_frames_whose_memory_chain_changed(
-    study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anchor_memory: int, added: int
 ) -> None:
+    """One anchor more than ``added``. With ``anchor_memory`` 3 every frame reads up to 3 anchors: a second anchor is
+    read by every frame (all predicted again), a fourth only by the frames it is among the 3 nearest of (and those
+    whose chain passes through them); the cache keeps the others."""
     import scripts.inferers.propagation as propagation
     from scripts.inferers.schedule import chain_signatures, plan_propagation
 
@@ -141,7 +145,8 @@ def test_a_correction_predicts_only_the_frames_whose_memory_chain_changed(
     gt, _, info = _truth(study)
     image = torch.as_tensor(np.asarray(nib.load(str(study / "image.nii.gz")).dataobj), dtype=torch.float32)[None, None]
     ed, es = info["ed"], info["es"]
-    first, second = [(3, ed)], [(3, ed), (3, es)]
+    first = [(3, ed), (3, es), (5, ed)][:added]
+    second = [*first, (3, es) if added == 1 else (0, es)]
     predicted: list = []
     real_predict = propagation._predict
     monkeypatch.setattr(
@@ -152,7 +157,7 @@ def test_a_correction_predicts_only_the_frames_whose_memory_chain_changed(
 
     def run(frames: list, cache_dir: Path | None) -> torch.Tensor:
         labels = torch.stack([torch.as_tensor(gt[:, :, z, t]) for z, t in frames])
-        inferer = Propagation4DInferer(roi_size=96, spacing=1.2, cache_dir=cache_dir)
+        inferer = Propagation4DInferer(roi_size=96, spacing=1.2, anchor_memory=anchor_memory, cache_dir=cache_dir)
         predicted.clear()
         return inferer(
             image,
@@ -166,11 +171,14 @@ def test_a_correction_predicts_only_the_frames_whose_memory_chain_changed(
         )[0, 0]
 
     full = run(first, tmp_path)
-    assert len(predicted) == 6 * 6 - 1
+    assert len(predicted) == 6 * 6 - len(first)
     assert torch.equal(run(first, tmp_path), full) and not predicted  # the same input again: nothing predicted
     corrected = run(second, tmp_path)
-    before, after = (chain_signatures(plan_propagation(6, 6, a), dict.fromkeys(a, "x")) for a in (first, second))
+    before, after = (
+        chain_signatures(plan_propagation(6, 6, a, anchor_memory=anchor_memory), dict.fromkeys(a, "x"))
+        for a in (first, second)
+    )
     changed = {f for f in after if f not in second and before.get(f) != after[f]}
-    assert set(predicted) == changed and 0 < len(changed) < 6 * 6 - 2
+    assert set(predicted) == changed and 0 < len(changed) < 6 * 6 - len(second)
     uncached = run(second, None)
     assert (corrected == uncached).float().mean() > 0.999  # kept frames re-encoded from float16 probabilities

@@ -12,10 +12,12 @@ import pytest
 import torch
 from ignite.engine import Engine
 from monai.handlers import ValidationHandler
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from torch import nn
 
 from helpers import CONFIGS, SHARED_DATA, TINY_CSTM
-from scripts.data import RandFrameJitterd, RandTripletd, load_split, make_split
+from scripts.data import UNLABELLED, LoadStudyd, RandFrameJitterd, RandTripletd, load_split, make_split
+from scripts.data.splits import SPLITS
 from scripts.engines.trainer import attach_final_validation
 from scripts.errors import CSTMInputError
 from scripts.networks.cstm import CSTM
@@ -44,18 +46,41 @@ def test_every_patient_is_in_one_split_with_all_its_studies() -> None:
 def test_split_is_stratified_by_group() -> None:
     split = _split()
     for group in ("HCM", "MINF", "NOR", "RV"):
-        counts = {
-            name: len({s["patient"] for s in split[name] if s["group"] == group})
-            for name in split
-            if name != "description"
-        }
+        counts = {name: len({s["patient"] for s in split[name] if s["group"] == group}) for name in SPLITS}
         assert counts == {"training": 8, "validation": 3, "test": 4}, (group, counts)
 
 
 @needs_data
 def test_the_split_file_is_what_make_split_draws(tmp_path: Path) -> None:
     drawn = make_split(SHARED_DATA, tmp_path / "split.json")
-    assert {k: v for k, v in _split().items() if k != "description"} == drawn
+    written = json.loads((tmp_path / "split.json").read_text())
+    assert written == _split() and {k: v for k, v in written.items() if k in SPLITS} == drawn
+
+
+@needs_data
+def test_the_split_says_which_datasets_label_every_slice() -> None:
+    """ACDC's truth draws every slice that holds a structure (a slice it leaves out is background); Sunnybrook's is
+    partial. load_split carries the statement to every study; LoadStudyd fills the complete stacks with background."""
+    studies = {s["dataset"]: s for s in load_split(SPLIT_FILE, "validation", SHARED_DATA)}
+    assert studies["acdc_frames"]["labels_complete"] and not studies["sunnybrook"]["labels_complete"]
+    frames = next(
+        s
+        for s in load_split(SPLIT_FILE, "validation", SHARED_DATA)
+        if s["study_dir"].endswith("acdc_frames/patient033")
+    )
+    load = Compose(
+        [
+            LoadImaged("image", image_only=True),
+            EnsureChannelFirstd("image", channel_dim="no_channel"),
+            LoadStudyd(with_labels=True),
+        ]
+    )
+    complete = load(frames)
+    assert complete["labels_complete"]
+    label = complete["label"][0]  # (H, W, Z, T); ES labels slices 2-8 of 10
+    assert (label[:, :, :, complete["es"]] != UNLABELLED).all() and (label[:, :, 0, complete["es"]] == 0).all()
+    partial = load({**frames, "labels_complete": False})
+    assert (partial["label"][0][:, :, 0, partial["es"]] == UNLABELLED).all()
 
 
 @needs_data

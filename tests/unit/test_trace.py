@@ -88,9 +88,9 @@ def test_batched_and_frame_by_frame_agree(network: torch.nn.Module) -> None:
     assert torch.equal(serial, batched)
 
 
-def _trace(anchors: list[tuple[int, int]], z: int = 5, t: int = 5) -> dict:
+def _trace(anchors: list[tuple[int, int]], z: int = 5, t: int = 5, anchor_memory: int = 3) -> dict:
     """What each frame of a (Z, T) study really reads from the bank with these anchors (base first)."""
-    plan = plan_propagation(z, t, anchors)
+    plan = plan_propagation(z, t, anchors, anchor_memory=anchor_memory)
     image = (100 * torch.arange(z)[:, None] + torch.arange(t)[None]).float().expand(8, 8, z, t)
     network = FrameIdNetwork()
     labels = propagate_4d(network, image, {f: torch.full((8, 8), 1 + i) for i, f in enumerate(anchors)}, plan)
@@ -111,8 +111,9 @@ def test_one_anchor_every_frame_reads_it_first():
 
 
 def test_two_anchors_each_frame_reads_the_anchor_before_it_in_the_cycle():
+    """The chains (``anchor_memory=0``: no anchor read beside the chain)."""
     a, b = (2, 0), (2, 3)  # ED and ES of the middle slice
-    reads = _trace([a, b])
+    reads = _trace([a, b], anchor_memory=0)
     assert reads[(2, 1)] == (a,) and reads[(2, 2)] == (a, (2, 1))
     assert reads[(2, 4)] == (b,)  # after ES, from ES: not from ED round the cycle
     for t in range(5):
@@ -123,10 +124,27 @@ def test_two_anchors_each_frame_reads_the_anchor_before_it_in_the_cycle():
 
 
 def test_three_anchors_an_apical_anchor_seeds_its_slice_at_every_phase():
+    """The chains (``anchor_memory=0``: no anchor read beside the chain)."""
     a, b, c = (2, 0), (2, 3), (4, 0)  # + an apical slice at ED
-    reads = _trace([a, b, c])
+    reads = _trace([a, b, c], anchor_memory=0)
     assert [reads[(4, t)] for t in range(1, 5)] == [(c,), (c, (4, 1)), (c, (4, 2)), (c, (4, 3))]
     # slice 3 lies half-way: at ED both neighbours are anchors (lower z wins), elsewhere the middle slice is
     # nearer along its own chain: it reads slice 2's anchor and frame
     assert reads[(3, 0)] == (a,) and reads[(3, 3)] == (b,) and reads[(3, 4)] == (b, (2, 4))
     assert all(memory[0] in (a, b) for (z, _), memory in reads.items() if z < 4)
+
+
+def test_every_frame_also_reads_the_other_anchors_after_its_chain():
+    """Issue 30: every anchor is permanent memory (XMem, Cutie); the bank serves them after the chain, nearest first."""
+    a, b, c = (2, 0), (2, 3), (4, 0)
+    chains = _trace([a, b, c], anchor_memory=0)
+    reads = _trace([a, b, c])  # anchor_memory=3: all three
+    for query, memory in reads.items():
+        chain = chains[query]
+        assert memory[: len(chain)] == chain  # the chain unchanged, in its order
+        assert sorted(memory[len(chain) :]) == sorted({a, b, c} - {chain[0]})  # then every other anchor, once
+    assert reads[(2, 1)] == (a, b, c)  # b: same slice, 2 phases; c: 2 slices (2 x 5/5 phases) + 1 phase
+    assert reads[(4, 3)] == (c, (4, 2), b, a)  # apical slice: b at the same phase first
+    assert reads[(3, 4)] == (b, (2, 4), a, c)  # a, c: both 1 slice + 1 phase round the cycle; lower z first
+    capped = _trace([a, b, c], anchor_memory=2)
+    assert capped[(4, 3)] == (c, (4, 2), b) and capped[(2, 1)] == (a, b)

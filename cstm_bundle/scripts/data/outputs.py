@@ -45,6 +45,7 @@ RESULT_OPTIONS = (
     "continuity",
     "time_memory_size",
     "slice_memory_size",
+    "anchor_memory",
     "time_direction",
     "amp",
     "largest_component",

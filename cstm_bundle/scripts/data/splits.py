@@ -37,6 +37,14 @@ FIXED_TEST = {"DCM": ("patient008", "patient009", "patient010")}
 """Patients put in the test split before the draw (see the module docstring)."""
 
 
+LABELS_COMPLETE = {"acdc_cine": True, "acdc_dev": True, "acdc_frames": True, "sunnybrook": False}
+"""Dataset -> whether its ground truth is complete over the stack (:func:`~.study.labels_complete`)."""
+LABELS_COMPLETE_NOTE = (
+    "ACDC draws every slice that holds the RV, myocardium or LV, so a slice it leaves out is background; "
+    "Sunnybrook's contours are partial, so there it is unknown"
+)
+
+
 def load_split(
     datalist_file: str | os.PathLike,
     split: str,
@@ -44,7 +52,9 @@ def load_split(
     dataset_weights: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """The study dicts of one split, as :func:`~.readers.list_studies` returns them, plus "dataset", "patient",
-    "group" and "sample_weight".
+    "group", "sample_weight" and "labels_complete" (the split file's ``labels_complete``: dataset -> whether its
+    ground truth draws every slice that holds a structure; a study's ``info.json`` may say otherwise,
+    :func:`~.study.labels_complete`)."
 
     Args:
         datalist_file: the split file (``configs/datalist_acdc.json``).
@@ -64,7 +74,8 @@ def load_split(
     if not Path(data_root).is_dir():
         raise CSTMInputError(data_root, "data folder does not exist", f"the folder that holds {', '.join(DATASETS)}")
     try:
-        items = json.loads(Path(datalist_file).read_text(encoding="utf-8"))[split]
+        content = json.loads(Path(datalist_file).read_text(encoding="utf-8"))
+        items, complete = content[split], dict(content.get("labels_complete", {}))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CSTMInputError(
             datalist_file, f"cannot be read as a split file ({e!r})", f"a JSON file with lists {list(SPLITS)}"
@@ -94,6 +105,7 @@ def load_split(
                 "study": f"{s['dataset']}_{folder.name}",
                 "study_dir": str(folder),
                 "sample_weight": weights[s["dataset"]] / total / counts[s["dataset"]],
+                "labels_complete": bool(complete.get(s["dataset"], False)),
             }
         )
     logger.info(f"{split}: {len(studies)} studies ({', '.join(f'{n} {c}' for n, c in sorted(counts.items()))})")
@@ -140,6 +152,8 @@ def make_split(
     document = {
         "description": "CSTM bundle split of the real data by patient, stratified by group "
         f"(scripts.data.splits.make_split, seed {seed}); paths relative to the data folder",
+        "labels_complete": LABELS_COMPLETE,
+        "labels_complete_note": LABELS_COMPLETE_NOTE,
         **chosen,
     }
     Path(output).write_text(json.dumps(document, indent=1) + "\n")

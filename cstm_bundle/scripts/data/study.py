@@ -9,7 +9,9 @@
 What is labelled where, one rule for training (:class:`~.transforms.LoadStudyd`), evaluation
 (:func:`~scripts.metrics.report.scored_slices`) and the annotation that starts the propagation:
 
-- a phase's label file covers the slices ``annotated_slices_<phase>`` (else every slice); the others are unlabelled;
+- a phase's label file covers the slices ``annotated_slices_<phase>`` (else every slice); the others are unlabelled,
+  unless the labels are complete over the stack (``labels_complete``, :func:`labels_complete`: ACDC, M&Ms): the truth
+  then draws every slice that holds a structure, and a slice it leaves out is background;
 - it draws the classes ``labels_<phase>`` (else ``labels``, else 1 RV, 2 Myo, 3 LV): a list ``[1, 2, 3]`` or a dict of
   value -> name as the Medical Decathlon writes it (``{"0": "background", "1": "RV", ...}``), whose names must agree
   with the values' meaning here (:func:`class_list`);
@@ -75,14 +77,24 @@ def phase_index(info: Mapping[str, Any], key: str, num_phases: int, study: str |
     return int(phase)
 
 
-def labelled_slices(info: Mapping[str, Any], phase: str, num_slices: int, study: str | Path) -> list[int]:
-    """The slices that ``label_<phase>`` covers: ``info["annotated_slices_<phase>"]``, else all ``num_slices``.
+def labels_complete(info: Mapping[str, Any], dataset_default: bool = False) -> bool:
+    """Whether a study's ground truth is complete over its stack: ``info["labels_complete"]`` if given, else the
+    dataset's statement (a split file's ``labels_complete``, :func:`~.splits.load_split`), else False (unknown: a
+    slice the truth leaves out is unlabelled, as in Sunnybrook's partial contours)."""
+    return bool(info.get("labels_complete", dataset_default))
+
+
+def labelled_slices(
+    info: Mapping[str, Any], phase: str, num_slices: int, study: str | Path, complete: bool = False
+) -> list[int]:
+    """The slices that ``label_<phase>`` covers: every one of the ``num_slices`` when the labels are ``complete``
+    (:func:`labels_complete`), else ``info["annotated_slices_<phase>"]``, else all ``num_slices``.
 
     Raises:
         CSTMInputError: a listed slice outside the image.
     """
     key = f"annotated_slices_{phase}"
-    if key not in info:
+    if complete or key not in info:
         return list(range(num_slices))
     outside = [z for z in info[key] if not 0 <= z < num_slices]
     if outside:
@@ -191,6 +203,7 @@ INFO_KEYS = (
     "labels_ed",
     "labels_es",
     "base_first",
+    "labels_complete",
     "height_cm",
     "weight_kg",
 ) + tuple(f"annotated_slices_{phase}_{name}" for phase in LABELLED_PHASES for name in CLASS_KEYS.values())
@@ -202,7 +215,7 @@ def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
     """``info.json`` of a study, checked: a UTF-8 JSON object; ``ed``, ``es``, ``annotated_phase`` 0-based integers,
     ``annotated_slices_ed``/``_es`` non-empty lists of 0-based integers (per-class lists may be empty); ``labels``,
     ``labels_ed``, ``labels_es`` lists or dicts of classes (:func:`class_list`; returned as sorted lists);
-    ``base_first`` true or false; ``height_cm`` / ``weight_kg`` finite numbers (or null) within
+    ``base_first``, ``labels_complete`` true or false; ``height_cm`` / ``weight_kg`` finite numbers (or null) within
     :data:`HEIGHT_CM_LIMITS` / :data:`WEIGHT_KG_LIMITS`, and together a BMI within :data:`BMI_LIMITS`; no misspelt
     key (``annotated_slice_ed``).
     An empty dict when the file is absent. Ranges against the image are checked by :func:`check_info_ranges`, where
@@ -236,8 +249,9 @@ def read_info(study_dir: str | os.PathLike) -> dict[str, Any]:
     for key in ("labels", "labels_ed", "labels_es"):
         if key in info:
             info[key] = class_list(info[key], key, path)
-    if "base_first" in info and not isinstance(info["base_first"], bool):
-        raise CSTMInputError(path, f"'base_first' is {info['base_first']!r}", "true or false (JSON booleans)")
+    for key in ("base_first", "labels_complete"):
+        if key in info and not isinstance(info[key], bool):
+            raise CSTMInputError(path, f"{key!r} is {info[key]!r}", "true or false (JSON booleans)")
     check_body_size(info, path)
     return info
 

@@ -29,6 +29,7 @@ from .study import (
     check_info_ranges,
     label_file,
     labelled_slices,
+    labels_complete,
     phase_index,
     read_info,
     slice_classes,
@@ -62,8 +63,11 @@ class LoadStudyd(MapTransform):
     - ``image_spacing``: (2,) in-plane spacing in mm of rows and columns, from the affine.
     - ``base_first``: z = 0 is the most basal slice: ``info["base_first"]`` if given, else from an oblique scanner
       affine (:func:`~.readers.base_first_from_affine`), else True (the ACDC and M&Ms convention).
+    - ``labels_complete``: the study's ground truth is complete over the stack (:func:`~.study.labels_complete`:
+      ``info.json``, else the item's own ``labels_complete`` from a split file, else False).
     - with ``with_labels``: ``label`` (1, H, W, Z, T) uint8 holding ``label_ed``/``label_es`` on their annotated slices
-      and :data:`UNLABELLED` everywhere else; ``ed``, ``es``.
+      (every slice of a complete stack: a slice the truth leaves out is background there, in training and in
+      evaluation) and :data:`UNLABELLED` everywhere else; ``ed``, ``es``.
 
     Partial labels, for training: which classes each labelled slice draws is :func:`~.study.slice_classes`
     (``labels_<phase>``, ``labels``, per-class slice lists). Where a slice lacks a class that other frames have
@@ -123,11 +127,14 @@ class LoadStudyd(MapTransform):
                 Path(d["study_dir"]), info, shape, affine, self.reference_anchors, d["base_first"], self.annotation
             )
         )
+        d["labels_complete"] = labels_complete(info, bool(d.get("labels_complete", False)))
         if self.with_labels:
-            d.update(self._labels(Path(d["study_dir"]), info, shape, affine))
+            d.update(self._labels(Path(d["study_dir"]), info, shape, affine, d["labels_complete"]))
         return d
 
-    def _labels(self, study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray) -> dict[str, Any]:
+    def _labels(
+        self, study: Path, info: dict[str, Any], shape: tuple[int, ...], affine: np.ndarray, complete: bool
+    ) -> dict[str, Any]:
         full = np.full((1, *shape), UNLABELLED, dtype=np.uint8)
         names = [n for n in ("ed", "es") if (study / label_file(n)).is_file() and n in info]
         if len(names) == 2 and shape[3] > 1 and info["ed"] == info["es"]:
@@ -137,7 +144,9 @@ class LoadStudyd(MapTransform):
                 "the ED and ES phases, which differ in a cine of several phases",
             )
         frames = {
-            (n, z): slice_classes(info, n, z, study) for n in names for z in labelled_slices(info, n, shape[2], study)
+            (n, z): slice_classes(info, n, z, study)
+            for n in names
+            for z in labelled_slices(info, n, shape[2], study, complete)
         }
         drawn_somewhere = set().union(*frames.values())
         spacing = affine_to_spacing(affine, r=2, suppress_zeros=False)
@@ -326,6 +335,11 @@ def _ambiguous_background(frame: np.ndarray, spacing: np.ndarray, margin_mm: flo
     return background & (distance_transform_edt(background, sampling=spacing) <= margin_mm)
 
 
+EDGE_SLICES = 2
+"""A sample along z drawn towards an end of the heart (:class:`RandTripletd` ``edge_prob``) starts at most this many
+slices inside the last slice that holds a structure."""
+
+
 class RandTripletd(Randomizable, MapTransform):
     """Draw 3-frame training samples from a study (paper §3.4).
 
@@ -333,14 +347,23 @@ class RandTripletd(Randomizable, MapTransform):
     :class:`RandFrameJitterd` then deforms each copy on its own). Otherwise, with probability ``temporal_prob``, a
     sample runs along t on one slice labelled at ED and ES: (ED, ES, ED), or (ES, ED, ES); else along z at one
     labelled phase: three ordered labelled slices no more than ``max_slice_distance`` apart, base-to-apex or
-    apex-to-base. Frames 2 and 3 are predicted from frame 1 (+ 2), so frame 1 is always a fully labelled frame; frames
-    2 and 3 may be partially labelled (:class:`LoadStudyd`).
+    apex-to-base. Frames 2 and 3 are predicted from frame 1 (+ 2), so frame 1 is always a fully labelled frame, and
+    one that holds a structure where its phase has such frames (as every annotation and every propagation start
+    does); frames 2 and 3 may be partially labelled (:class:`LoadStudyd`), or empty: on a stack whose labels are
+    complete, the slices beyond the base and the apex are background, and a sample along z that reaches them teaches
+    the network where the heart ends.
 
     Args:
         keys: (image key, label key); the image (1, H, W, Z, T), the label (1, H, W, Z, T) from :class:`LoadStudyd`.
         num_samples: samples per study and call (MONAI flattens the returned list into the batch).
         temporal_prob: probability of a sample along t (of the samples that are not static).
         static_prob: probability of a static sample.
+        edge_prob: probability, of the samples along z, of one that starts within :data:`EDGE_SLICES` slices of the
+            end of the heart it runs towards (the base or the apex, and the empty slices beyond them where the labels
+            are complete): where the errors are.
+        mixed_prob: probability, of the samples along z, of one that first goes along t and then along z, as the 4D
+            inference does: (z, a), (z, b), (w, b) with slice w labelled at phase b, ``0 < |w - z| <=
+            max_slice_distance``.
         max_slice_distance: largest z distance between the first and last slice of a sample along z (paper: 5).
     Returns:
         a list of dicts with ``frames`` (3, H, W) float32, ``masks`` (3, H, W) uint8 and the study's ``image_spacing``.
@@ -355,12 +378,14 @@ class RandTripletd(Randomizable, MapTransform):
         temporal_prob: float = 0.5,
         max_slice_distance: int = 5,
         static_prob: float = 0.0,
+        mixed_prob: float = 0.0,
+        edge_prob: float = 0.0,
     ):
         MapTransform.__init__(self, keys)
         if max_slice_distance < 2:
             raise ValueError(f"max_slice_distance must be >= 2 to hold 3 slices, got {max_slice_distance}.")
         self.num_samples, self.temporal_prob, self.max_slice_distance = num_samples, temporal_prob, max_slice_distance
-        self.static_prob = static_prob
+        self.static_prob, self.mixed_prob, self.edge_prob = static_prob, mixed_prob, edge_prob
 
     def randomize(self, data: Any = None) -> None:
         pass
@@ -379,10 +404,18 @@ class RandTripletd(Randomizable, MapTransform):
         if temporal and self.R.rand() < self.temporal_prob:
             z, a, b = self._pick(temporal)
             return [z, z, z], [a, b, a]
+        if temporal and self.mixed_prob and self.R.rand() < self.mixed_prob:
+            z, a, b = self._pick(temporal)
+            near = [w for w in truth[b] if 0 < abs(w - z) <= self.max_slice_distance]
+            if near:
+                return [z, z, self._pick(near)], [a, b, b]
         t = self._pick(sorted(full))
         step = 1 if self.R.rand() < 0.5 else -1  # base-to-apex or apex-to-base
         ahead = {z: [w for w in truth[t] if 0 < (w - z) * step <= self.max_slice_distance] for z in full[t]}
         starts = [z for z in full[t] if len(ahead[z]) >= 2]
+        if self.edge_prob and self.R.rand() < self.edge_prob:  # towards the end of the heart that step points to
+            end = max(full[t]) if step > 0 else min(full[t])
+            starts = [z for z in starts if 0 <= (end - z) * step <= EDGE_SLICES] or starts
         if not starts:
             z = self._pick(full[t])
             return [z] * 3, [t] * 3
@@ -396,12 +429,14 @@ class RandTripletd(Randomizable, MapTransform):
         image_key, label_key = self.keys
         image, label = d[image_key][0], d[label_key][0]  # (H, W, Z, T)
         known = label != UNLABELLED
+        complete = known.all(0).all(0)  # (Z, T)
+        heart = complete & ((label > 0) & known).any(0).any(0)  # (Z, T): fully labelled frames that hold a structure
         full, truth = (
             {
                 int(t): [int(z) for z in torch.nonzero(frames[:, t]).flatten()]
                 for t in torch.nonzero(frames.any(0)).flatten()
             }
-            for frames in (known.all(0).all(0), known.any(0).any(0))
+            for frames in (torch.where(heart.any(0, keepdim=True), heart, complete), known.any(0).any(0))
         )  # (Z, T) each
         if not full:
             raise CSTMInputError(

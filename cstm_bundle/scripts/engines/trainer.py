@@ -23,13 +23,19 @@ from .tracking import configure_tracking
 logger = logging.getLogger(__name__)
 
 
-def propagate_triplet(network: CSTM, frames: Tensor, first_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Predict frame 2 from frame 1, then frame 3 from frames 1 and 2 (frame 2 with its predicted probabilities).
+def propagate_triplet(
+    network: CSTM, frames: Tensor, first_mask: Tensor, second_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Predict frame 2 from frame 1, then frame 3 from frames 1 and 2: frame 2 with its predicted probabilities, or,
+    for the samples where ``second_mask`` holds labels, as a second annotated frame (issue 30: a query that reads
+    several annotated frames, as the inferer's anchors in memory).
 
     Args:
         network: the CSTM network.
         frames: (B, 3, 1, H, W) images.
         first_mask: (B, H, W) integer labels of frame 1, all in [0, O): a memory frame is fully labelled.
+        second_mask: None, or (B, H, W) integer labels of frame 2 where a sample reads it as annotated, -1 (every
+            pixel) where it reads the prediction.
     Returns:
         logits of frames 2 and 3, each (B, O, H, W).
     Raises:
@@ -44,19 +50,45 @@ def propagate_triplet(network: CSTM, frames: Tensor, first_mask: Tensor) -> tupl
         )
     keys = network.encode_key(frames.flatten(0, 1))  # (B*3, ...) per field
     key1, key2, key3 = (type(keys)(*(t.unflatten(0, (b, 3))[:, i] for t in keys)) for i in range(3))
-    onehot = F.one_hot(first_mask.long(), network.num_classes)
-    value1 = network.encode_value(frames[:, 0], onehot.permute(0, 3, 1, 2).float(), key1)
+    value1 = network.encode_value(frames[:, 0], _one_hot(first_mask, network.num_classes), key1)
     logits2 = network.segment(key2, stack_memory([key1], [value1]))
-    value2 = network.encode_value(frames[:, 1], logits2.softmax(1), key2)
+    probs2 = logits2.softmax(1)  # (B, O, H, W)
+    if second_mask is not None:
+        annotated = (second_mask[:, 0, 0] >= 0)[:, None, None, None]  # (B, 1, 1, 1)
+        probs2 = torch.where(annotated, _one_hot(second_mask.clamp(min=0), network.num_classes), probs2)
+    value2 = network.encode_value(frames[:, 1], probs2, key2)
     logits3 = network.segment(key3, stack_memory([key1, key2], [value1, value2]))
     return logits2, logits3
 
 
+def _one_hot(mask: Tensor, num_classes: int) -> Tensor:
+    """(B, H, W) integer labels -> (B, O, H, W) float one-hot."""
+    return F.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2).float()
+
+
+def annotated_second_frames(masks: Tensor, prob: float, num_classes: int) -> Tensor | None:
+    """Which samples read frame 2 as an annotated frame (``second_mask`` of :func:`propagate_triplet`): each sample
+    whose frame 2 is fully labelled, with probability ``prob``.
+
+    Args:
+        masks: (B, 3, H, W) integer labels (255: unlabelled).
+    Returns:
+        None when no sample does, else (B, H, W): frame 2's labels where it does, -1 elsewhere.
+    """
+    if prob <= 0:
+        return None
+    second = masks[:, 1]
+    chosen = (second < num_classes).flatten(1).all(1) & (torch.rand(second.shape[0], device=second.device) < prob)
+    if not chosen.any():
+        return None
+    return torch.where(chosen[:, None, None], second, torch.full_like(second, -1))
+
+
 class TripletStep(nn.Module):
-    """:func:`propagate_triplet` as a module's ``forward(frames, first_mask)``, so that ``DistributedDataParallel`` can
-    wrap one training step (DDP averages gradients only for what runs through its ``forward``; ``CSTM`` exposes named
-    methods instead). Holds no parameters of its own: its state dict is the network's with a ``network.`` prefix, and
-    the checkpoints keep saving the plain network (``multi_gpu_train.json``).
+    """:func:`propagate_triplet` as a module's ``forward(frames, first_mask, second_mask)``, so that
+    ``DistributedDataParallel`` can wrap one training step (DDP averages gradients only for what runs through its
+    ``forward``; ``CSTM`` exposes named methods instead). Holds no parameters of its own: its state dict is the
+    network's with a ``network.`` prefix, and the checkpoints keep saving the plain network (``multi_gpu_train.json``).
 
     Args:
         network: the CSTM network.
@@ -65,10 +97,11 @@ class TripletStep(nn.Module):
     def __init__(self, network: CSTM):
         super().__init__()
         self.network = network
+        self.num_classes = network.num_classes
 
-    def forward(self, frames: Tensor, first_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, frames: Tensor, first_mask: Tensor, second_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """See :func:`propagate_triplet`: frames (B, 3, 1, H, W), first_mask (B, H, W) -> two (B, O, H, W) logits."""
-        return propagate_triplet(self.network, frames, first_mask)
+        return propagate_triplet(self.network, frames, first_mask, second_mask)
 
 
 class CSTMTrainer(SupervisedTrainer):
@@ -82,14 +115,21 @@ class CSTMTrainer(SupervisedTrainer):
     Args:
         grad_clip_norm: clip the gradients' global L2 norm to this before each optimizer step (after unscaling under
             AMP); None or 0 does not clip.
+        annotated_memory_prob: probability that frame 3 reads a fully labelled frame 2 as a second annotated frame
+            (its labels, not its prediction: :func:`annotated_second_frames`); 0 is the paper's training.
         args, kwargs: ``SupervisedTrainer``'s.
     """
 
-    def __init__(self, *args: Any, grad_clip_norm: float | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, grad_clip_norm: float | None = None, annotated_memory_prob: float = 0.0, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         if grad_clip_norm is not None and grad_clip_norm < 0:
             raise ValueError(f"grad_clip_norm must be None or >= 0, got {grad_clip_norm}.")
+        if not 0.0 <= annotated_memory_prob <= 1.0:
+            raise ValueError(f"annotated_memory_prob must lie in [0, 1], got {annotated_memory_prob}.")
         self.grad_clip_norm = grad_clip_norm or None
+        self.annotated_memory_prob = annotated_memory_prob
 
     def _iteration(self, engine: Any, batchdata: dict[str, Tensor]) -> dict:
         device = torch.device(engine.state.device)
@@ -98,7 +138,9 @@ class CSTMTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with torch.autocast(device.type, enabled=engine.amp):
-            logits2, logits3 = engine.network(frames, masks[:, 0])
+            num_classes = getattr(engine.network, "module", engine.network).num_classes
+            second = annotated_second_frames(masks, engine.annotated_memory_prob, num_classes)
+            logits2, logits3 = engine.network(frames, masks[:, 0], second)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             it = engine.state.iteration
             loss = engine.loss_function(logits2, masks[:, 1], it) + engine.loss_function(logits3, masks[:, 2], it)

@@ -16,7 +16,8 @@ class MemoryBank:
     """Keys (stride 16 and 8) and values of the frames that later queries read, with reference counts from the plan.
 
     A frame's tensors are stored when :meth:`add` is called and dropped after its last reader calls :meth:`release`,
-    so at most one wavefront of memory frames is held at a time. Holds tensors only; the schedule lives in the plan.
+    so at most one wavefront of memory frames is held at a time, besides the anchors that queries read to the end
+    (``anchor_memory``). Holds tensors only; the schedule lives in the plan.
 
     Args:
         plan: query -> memory frames, from :func:`~.schedule.plan_propagation`.

@@ -253,10 +253,18 @@ class Propagation4DInferer(Inferer):
     added frame inside it does not move it). The labels are mapped back onto the input grid, background outside the
     ROI. Without ``roi_size``, whole frames are zero-padded to the network's size multiple.
 
+    With several anchors, every frame also reads the nearest other anchors as permanent memory beside its chain
+    (``anchor_memory``, as XMem and Cutie keep every annotated frame); the readout's affinity decides which pixels
+    follow which anchor. One anchor: the paper's schedule exactly, whatever ``anchor_memory``.
+
     Args:
         continuity: "both" (paper), "spatial" or "temporal" (paper Table 7).
         time_memory_size: memory frames along t, the anchor included (paper: 2).
         slice_memory_size: memory frames along z, the anchor included (paper: 2; apex slices add 1 temporal frame).
+        anchor_memory: how many annotated frames every frame reads as permanent memory, its chain's own anchor
+            included: the nearest ones by :func:`~.schedule.anchor_distance` (``|dz| * T / Z`` plus the cyclic phase
+            distance), appended after its chain. 0 or 1: only the chain's own anchor (the behaviour before issue 30).
+            Each read anchor adds one memory frame per query (memory and time).
         base_first: z = 0 is the most basal slice (decides which slices are apex); None takes each study's own
             ``base_first`` (from :class:`~scripts.data.LoadStudyd`), else True.
         roi_size: side of the heart ROI in pixels, a multiple of the network's size multiple; None for whole frames.
@@ -294,6 +302,7 @@ class Propagation4DInferer(Inferer):
         continuity: Continuity = "both",
         time_memory_size: int = 2,
         slice_memory_size: int = 2,
+        anchor_memory: int = 3,
         base_first: bool | None = None,
         roi_size: int | None = 192,
         spacing: float = 0.9,
@@ -309,9 +318,12 @@ class Propagation4DInferer(Inferer):
         super().__init__()
         if time_direction not in ("forward", "both"):
             raise ValueError(f"time_direction must be 'forward' or 'both', got {time_direction!r}.")
+        if anchor_memory < 0:
+            raise ValueError(f"anchor_memory must be >= 0 (0: only the chain's own anchor), got {anchor_memory}.")
         self.continuity = continuity
         self.time_memory_size = time_memory_size
         self.slice_memory_size = slice_memory_size
+        self.anchor_memory = anchor_memory
         self.base_first = base_first
         self.roi_size = roi_size
         self.spacing = spacing
@@ -355,6 +367,7 @@ class Propagation4DInferer(Inferer):
             self.slice_memory_size,
             base_first if self.base_first is None else self.base_first,
             backward,
+            self.anchor_memory,
         )
 
     def __call__(

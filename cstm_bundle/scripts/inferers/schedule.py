@@ -2,8 +2,10 @@
 
 A frame is ``(z, t)``. A plan maps each query frame to the tuple of memory frames it reads, in the order the paper
 propagates; the first memory frame is always the anchor (the annotated frame, or for ``continuity="temporal"`` the
-slice's first predicted frame). Keeping the schedule apart from the executor makes it testable without a network and
-lets the executor batch every frame whose memory is ready (:func:`dependency_levels`).
+slice's first predicted frame). With several anchors, every query also reads the nearest other anchors as permanent
+memory (``anchor_memory``, :func:`anchor_distance`), appended after its chain. Keeping the schedule apart from the
+executor makes it testable without a network and lets the executor batch every frame whose memory is ready
+(:func:`dependency_levels`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,19 @@ def _chain(anchor: Frame, previous: list[Frame], size: int) -> tuple[Frame, ...]
     return (anchor, *recent)
 
 
+def anchor_distance(query: Frame, anchor: Frame, num_slices: int, num_phases: int) -> int:
+    """How far an anchor lies from a query frame, for choosing the anchors a query reads (``anchor_memory``).
+
+    ``|dz| * T / Z + dt``, with ``dt`` the cyclic phase distance ``min((t - t_a) mod T, (t_a - t) mod T)``: each axis
+    as a fraction of the study (the whole stack weighs as much as the whole cycle; for 10 slices and 25 phases one
+    slice step weighs 2.5 phase steps). Returned multiplied by Z, ``|dz| * T + dt * Z``, to compare exactly in
+    integers.
+    """
+    dz = abs(query[0] - anchor[0])
+    dt = min((query[1] - anchor[1]) % num_phases, (anchor[1] - query[1]) % num_phases)
+    return dz * num_phases + dt * num_slices
+
+
 def as_anchors(anchors: Frame | Iterable[Frame]) -> list[Frame]:
     """The anchors (annotated frames) as a sorted list without duplicates; one frame ``(z, t)`` is one anchor."""
     if isinstance(anchors, tuple) and len(anchors) == 2 and all(isinstance(i, int) for i in anchors):
@@ -71,6 +86,7 @@ def plan_propagation(
     slice_memory_size: int = 2,
     base_first: bool = True,
     backward: bool = False,
+    anchor_memory: int = 3,
 ) -> Plan:
     """Which memory frames every frame of a (Z, T) study reads, in propagation order, from one or more anchors.
 
@@ -88,9 +104,15 @@ def plan_propagation(
     - along z, at every phase: the slices that hold an anchor are the seeds (their frame at that phase is an anchor or
       on an anchor's chain along t); every other slice is propagated from the nearest seed (ties: a seed that is an
       anchor at this phase, then the lower z), outwards, and its first memory frame is the anchor behind that seed.
-      Every query thus reads the anchor that it is nearest to along its propagation path, and no other anchor;
+      Every query's chain thus starts from the anchor that it is nearest to along its propagation path;
     - phases are visited in cycle order from the first anchor's phase (the apex slices' temporal frame is the
-      previous phase in that order, none at the first).
+      previous phase in that order, none at the first);
+    - every anchor is permanent memory, as XMem and Cutie keep all annotated frames: besides the chain above (whose
+      anchor, the one behind the query, counts as read), a query reads the nearest other anchors by
+      :func:`anchor_distance` (ties: the nearer slice, then the anchor that precedes the query more closely in the
+      direction of propagation, then the lower z), appended after its chain in that order, until it reads
+      ``anchor_memory`` anchors (an anchor already in the chain is not read twice). The readout's affinity then
+      decides which pixels follow which anchor. ``anchor_memory`` 0 or 1: only the chain's anchor.
 
     With ``"temporal"``: along z at every anchored phase from that phase's anchors, then along t in every slice from
     the nearest preceding frame so obtained.
@@ -105,11 +127,13 @@ def plan_propagation(
         base_first: z = 0 is the most basal slice (decides which slices are apex).
         backward: propagate along t backwards through the cycle (t_a - 1, t_a - 2, ...): the same rules with the
             phase order reversed (the other direction of :func:`time_direction_weights`).
+        anchor_memory: most anchors a query reads, the chain's own included; with one anchor it changes nothing.
     Returns:
-        ordered dict query frame -> memory frames (anchor first); every frame but the anchors is a query.
+        ordered dict query frame -> memory frames (anchor first, the other anchors read last); every frame but the
+        anchors is a query, and no anchor is predicted.
     Raises:
-        ValueError: an anchor lies outside the study, or none is given, or a memory size is < 1, or continuity is
-            unknown.
+        ValueError: an anchor lies outside the study, or none is given, or a memory size is < 1, or
+            ``anchor_memory`` is < 0, or continuity is unknown.
     """
     frames = as_anchors(anchors)
     outside = [f for f in frames if not (0 <= f[0] < num_slices and 0 <= f[1] < num_phases)]
@@ -119,6 +143,8 @@ def plan_propagation(
         )
     if time_memory_size < 1 or slice_memory_size < 1:
         raise ValueError(f"memory sizes must be >= 1, got {time_memory_size} and {slice_memory_size}.")
+    if anchor_memory < 0:
+        raise ValueError(f"anchor_memory must be >= 0 (0: only the chain's own anchor), got {anchor_memory}.")
     if continuity not in ("both", "spatial", "temporal"):
         raise ValueError(f"continuity must be 'both', 'spatial' or 'temporal', got {continuity!r}.")
     anchor_set = set(frames)
@@ -172,6 +198,20 @@ def plan_propagation(
             along_t(z, sorted((t for s, t in frames if s == z), key=phase_order.index))
         for t in phase_order:
             along_z(t, seeds, continuity == "both", regions)
+    if anchor_memory > 1 and len(frames) > 1:
+        for query, memory in plan.items():
+            read = {source[query], *(m for m in memory if m in anchor_set)}
+            nearest = sorted(
+                (
+                    anchor_distance(query, a, num_slices, num_phases),
+                    abs(query[0] - a[0]),
+                    (query[1] - a[1]) * step % num_phases,
+                    a,
+                )
+                for a in frames
+                if a not in read
+            )
+            plan[query] = (*memory, *(a for *_, a in nearest[: max(0, anchor_memory - len(read))]))
     return plan
 
 
@@ -195,6 +235,8 @@ def time_direction_weights(num_phases: int, anchor_phases: Iterable[int]) -> lis
 def chain_signatures(plan: Plan, anchors: Mapping[Frame, str]) -> dict[Frame, str]:
     """A signature of every frame's whole memory chain: equal signatures in two runs mean that the frame was predicted
     from the same anchors through the same frames, so its prediction can be kept (a correction recomputes the rest).
+    Every frame a query reads is in it, the anchors read beside the chain (``anchor_memory``) included, so an added,
+    removed or relabelled anchor changes the signature of every frame that reads it, directly or through its chain.
 
     Args:
         plan: from :func:`plan_propagation` (ordered so memory frames precede their queries).

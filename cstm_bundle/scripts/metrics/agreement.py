@@ -25,7 +25,7 @@ from .cardiac import LV, MYO, RV, cardiac_function
 
 AGREEMENT_FILE = "function.csv"
 BLAND_ALTMAN_FILE = "bland_altman.png"
-AGREEMENT_COLUMNS = ("study", "group", "method", "quantity", "ours", "reference", "difference")
+AGREEMENT_COLUMNS = ("study", "group", "method", "slices", "quantity", "ours", "reference", "difference")
 QUANTITIES = {
     "lv_ef_percent": ("LV EF", "%"),
     "rv_ef_percent": ("RV EF", "%"),
@@ -38,6 +38,14 @@ QUANTITIES = {
 """Quantity -> (name, unit), in the order of the tables and the Bland-Altman panels."""
 ES_QUANTITIES = ("lv_esv_ml", "lv_ef_percent", "rv_esv_ml", "rv_ef_percent")
 """What copy-ED is scored on: its ED prediction is the truth itself (EDV, mass: no error by construction)."""
+EMPTY_SLICE_QUANTITIES = {
+    "heart_on_empty_slices_ed_ml": ("heart on empty slices at ED", "mL"),
+    "heart_on_empty_slices_es_ml": ("heart on empty slices at ES", "mL"),
+}
+"""A method's RV + Myo + LV volume on the slices of a complete stack whose truth holds no structure at that phase
+(beyond the base and the apex; :func:`empty_slice_volumes`): what it carries past where the heart ends."""
+OVER_EMPTY_ML = 5.0
+"""A stack counts as carrying the heart past its ends when its heart on empty slices exceeds this at a phase."""
 LOA_Z = 1.96
 """95 % limits of agreement: bias ± 1.96 SD (Bland & Altman, Lancet 1986)."""
 PANEL_SIZE = (3.6, 3.2)
@@ -100,6 +108,27 @@ def function_values(
     return out
 
 
+def empty_slice_volumes(
+    pred: np.ndarray, label: np.ndarray, phases: Mapping[str, int], voxel_ml: float
+) -> dict[str, float]:
+    """:data:`EMPTY_SLICE_QUANTITIES` of one study whose labels are complete over the stack.
+
+    Args:
+        pred: (H, W, Z, T) predicted labels.
+        label: (H, W, Z, T) ground truth; a slice counts when it holds only background (0) at the phase.
+        phases: "ed" / "es" -> t.
+        voxel_ml: voxel volume in mL.
+    Returns:
+        quantity -> mL (0 where no slice is empty), rounded to 0.01.
+    """
+    out = {}
+    for name, t in phases.items():
+        empty = [z for z in range(label.shape[2]) if not label[:, :, z, t].any()]
+        voxels = int(np.isin(pred[:, :, empty, t], (RV, MYO, LV)).sum()) if empty else 0
+        out[f"heart_on_empty_slices_{name}_ml"] = round(voxels * voxel_ml, 2)
+    return out
+
+
 def agreement_rows(
     study: str,
     group: str,
@@ -154,14 +183,17 @@ def agreement_stats(differences: Sequence[float | None]) -> dict[str, float | in
     }
 
 
-def summarize_agreement(rows: Sequence[Mapping[str, Any]], group: str | None = None) -> dict[str, Any]:
+def summarize_agreement(
+    rows: Sequence[Mapping[str, Any]], group: str | None = None, slices: str = "every"
+) -> dict[str, Any]:
     """method -> quantity -> :func:`agreement_stats` plus "unit", "mean_ours", "mean_reference", over the rows (of
-    one ``group`` if given)."""
-    selected = [r for r in rows if group is None or r["group"] == group]
+    one ``group`` if given) counted on ``slices`` ("every" or "labelled", :data:`~.report.SLICE_SETS`; rows without
+    the key count as "every"); then, for complete stacks, the :data:`EMPTY_SLICE_QUANTITIES` with "n_over_5ml"."""
+    selected = [r for r in rows if (group is None or r["group"] == group) and r.get("slices", "every") == slices]
     out: dict[str, Any] = {}
     for method in dict.fromkeys(r["method"] for r in selected):
         out[method] = {}
-        for q, (_, unit) in QUANTITIES.items():
+        for q, (_, unit) in {**QUANTITIES, **EMPTY_SLICE_QUANTITIES}.items():
             sel = [r for r in selected if r["method"] == method and r["quantity"] == q]
             if not sel:
                 continue
@@ -172,6 +204,8 @@ def summarize_agreement(rows: Sequence[Mapping[str, Any]], group: str | None = N
                 "mean_ours": float(np.mean([r["ours"] for r in defined])) if defined else math.nan,
                 "mean_reference": float(np.mean([r["reference"] for r in defined])) if defined else math.nan,
             }
+            if q in EMPTY_SLICE_QUANTITIES:
+                out[method][q]["n_over_5ml"] = sum(r["ours"] > OVER_EMPTY_ML for r in defined)
     return out
 
 
@@ -246,21 +280,27 @@ def write_bland_altman(
     return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite)
 
 
-def format_agreement_table(summary: Mapping[str, Any]) -> str:
-    """Markdown: per group (then "all") and method, each quantity's ``bias [95 % LoA] MAE``.
+def format_agreement_table(summary: Mapping[str, Any], slices: str = "every") -> str:
+    """Markdown: per group (then "all") and method, each quantity's ``bias [95 % LoA] MAE``; where stacks are
+    complete, the mean heart volume on empty slices at ED and ES (and how many stacks exceed 5 mL).
 
     Args:
         summary: ``summary.json`` (or :meth:`~scripts.metrics.EvaluationReport.write`'s result) with "agreement"
-            and, per group, "groups" -> g -> "agreement".
+            ("agreement_labelled") and, per group, "groups" -> g -> "agreement".
+        slices: "every" or "labelled" (:data:`~.report.SLICE_SETS`).
     """
+    key = "agreement" if slices == "every" else "agreement_labelled"
+    empty = list(EMPTY_SLICE_QUANTITIES) if slices == "every" else []
+    columns = [f"{name} {unit}" for name, unit in QUANTITIES.values()]
+    columns += [f"{EMPTY_SLICE_QUANTITIES[q][0]} mL (n > 5)" for q in empty]
     lines = [
-        "Agreement with the ground truth (ours − reference over studies): bias [95% limits of agreement] MAE; "
-        "'-' = not annotated",
-        "| group (n) | method | " + " | ".join(f"{name} {unit}" for name, unit in QUANTITIES.values()) + " |",
-        "|---|---|" + "---|" * len(QUANTITIES),
+        f"Agreement with the ground truth on {'every slice' if slices == 'every' else 'the labelled slices only'} "
+        "(ours − reference over studies): bias [95% limits of agreement] MAE; '-' = not annotated",
+        "| group (n) | method | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
     ]
-    blocks = [(f"{g} ({b['studies']})", b.get("agreement", {})) for g, b in summary.get("groups", {}).items()]
-    blocks.append((f"all ({len(summary.get('studies', []))})", summary.get("agreement", {})))
+    blocks = [(f"{g} ({b['studies']})", b.get(key, {})) for g, b in summary.get("groups", {}).items()]
+    blocks.append((f"all ({len(summary.get('studies', []))})", summary.get(key, {})))
     for name, agreement in blocks:
         for method, by_quantity in agreement.items():
             cells = []
@@ -270,6 +310,9 @@ def format_agreement_table(summary: Mapping[str, Any]) -> str:
                     cells.append("-")
                 else:
                     cells.append(f"{_num(s['bias'])} [{_num(s['loa_low'])}, {_num(s['loa_high'])}] {_num(s['mae'])}")
+            for q in empty:
+                s = by_quantity.get(q)
+                cells.append(f"{_num(s['mean_ours'])} ({s['n_over_5ml']} of {s['n']})" if s and s["n"] else "-")
             lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -2,7 +2,7 @@
 compared by. From ``cstm_bundle/``::
 
     python -m scripts.metrics.correction_loop --split validation [--rounds 3] [--strategies qc,random,oracle]
-        [--checkpoint models/model.pt] [--max_studies N] [--output_dir outputs/correction_loop]
+        [--checkpoint models/model.pt] [--anchor_memory 3] [--max_studies N] [--output_dir outputs/correction_loop]
 
 For every study of the split: propagate from the ED middle-slice label (round 0), then ``rounds`` times take one frame
 that has ground truth (a fully labelled ED or ES slice that is not yet annotated), add its ground truth as an
@@ -298,8 +298,10 @@ def main(
     output_dir: str = "outputs/correction_loop",
     seed: int = 0,
     device: str = "cpu",
+    anchor_memory: int | None = None,
 ) -> None:
-    """Run the loop on ``split`` of ``configs/datalist_acdc.json`` and print its table (module docstring)."""
+    """Run the loop on ``split`` of ``configs/datalist_acdc.json`` and print its table (module docstring);
+    ``anchor_memory`` overrides ``inference.json``'s (how many anchors every frame reads)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s")
     if isinstance(strategies, str):
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
@@ -307,6 +309,8 @@ def main(
     parser = ConfigParser(ConfigParser.load_config_files([str(bundle_root / "configs" / c) for c in CONFIGS]))
     parser.update({"bundle_root": str(bundle_root), "split": split, "checkpoint": str(bundle_root / checkpoint)})
     parser.update({"device": f"$torch.device({device!r})", "reference_anchors": 1, "annotation": "required"})
+    if anchor_memory is not None:
+        parser["anchor_memory"] = anchor_memory
     studies = parser.get_parsed_content("datalist")[:max_studies]
     preprocessing = parser.get_parsed_content("preprocessing")
     network = parser.get_parsed_content("network")
@@ -326,7 +330,14 @@ def main(
     summary = summarize(rows)
     out = Path(output_dir)
     _write_rows(out / "rounds.csv", rows)
-    record = {"split": split, "checkpoint": checkpoint, "rounds": rounds, "seed": seed, "summary": summary}
+    record = {
+        "split": split,
+        "checkpoint": checkpoint,
+        "rounds": rounds,
+        "seed": seed,
+        "anchor_memory": parser["anchor_memory"],
+        "summary": summary,
+    }
     save_json(json.loads(json.dumps(record)), out / "summary.json", overwrite=True)
     print(f"Correction loop on the {split} split ({len(studies)} studies, {checkpoint}):")
     print(format_summary(summary))

@@ -34,7 +34,7 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_numpy as to_numpy
 from scipy.stats import spearmanr
 
-from ..data.study import read_info, slice_classes
+from ..data.study import labelled_slices, read_info, slice_classes
 from ..data.transforms import UNLABELLED, read_annotation
 from ..errors import CSTMInputError
 from ..inferers.initializer import GENERATED, FrameInitializer
@@ -44,8 +44,10 @@ from ..networks.weights import build_cstm_from_checkpoint, read_checkpoint, stat
 from .agreement import (
     AGREEMENT_FILE,
     BLAND_ALTMAN_FILE,
+    EMPTY_SLICE_QUANTITIES,
     ES_QUANTITIES,
     agreement_rows,
+    empty_slice_volumes,
     format_agreement_table,
     function_values,
     summarize_agreement,
@@ -61,7 +63,23 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
-COLUMNS = ("study", "group", "method", "phase", "region", "class", *METRICS, "num_slices", "num_empty", "num_missed")
+COLUMNS = (
+    "study",
+    "group",
+    "method",
+    "phase",
+    "slices",
+    "region",
+    "class",
+    *METRICS,
+    "num_slices",
+    "num_empty",
+    "num_missed",
+)
+SLICE_SETS = ("every", "labelled")
+"""Which slices a row counts: "every" slice whose truth is known (every slice of a stack whose labels are complete,
+:func:`~scripts.data.study.labels_complete`: a slice the truth leaves out is background there), "labelled" only the
+slices the truth lists (``annotated_slices_<phase>``: before 0.7 the only figures). Equal where labels are partial."""
 PHASES = ("ED", "ES")
 BASELINES = ("copy_ed", "initializer")
 QUALITY_FILE = "quality.csv"
@@ -93,9 +111,11 @@ def scored_slices(
     phase_index: int,
     skip: int | Collection[int] | None = None,
     study: str | os.PathLike = "",
+    slices: str = "every",
 ) -> dict[int, list[int]]:
     """Which slices to score for each class at one phase: the slices whose label frame is labelled (not
-    :data:`~scripts.data.UNLABELLED`) and draws the class (:func:`~scripts.data.study.slice_classes`: ``labels_<phase>``,
+    :data:`~scripts.data.UNLABELLED`; with ``slices="labelled"`` also listed in ``annotated_slices_<phase>``,
+    :data:`SLICE_SETS`) and draws the class (:func:`~scripts.data.study.slice_classes`: ``labels_<phase>``,
     ``labels``, per-class slice lists such as ``annotated_slices_ed_myo``).
 
     Args:
@@ -105,13 +125,15 @@ def scored_slices(
         phase_index: the phase's t.
         skip: slices not to score (the z of the annotated frames at this phase).
         study: the study folder (for error messages).
+        slices: "every" or "labelled" (:data:`SLICE_SETS`).
     Returns:
         class label -> sorted z.
     """
+    if slices not in SLICE_SETS:
+        raise ValueError(f"slices must be one of {SLICE_SETS}, got {slices!r}.")
     skipped = {skip} if isinstance(skip, int) else set(skip or ())
-    labelled = [
-        z for z in range(label.shape[2]) if (label[:, :, z, phase_index] != UNLABELLED).all() and z not in skipped
-    ]
+    listed = labelled_slices(info, phase, label.shape[2], study) if slices == "labelled" else range(label.shape[2])
+    labelled = [z for z in listed if (label[:, :, z, phase_index] != UNLABELLED).all() and z not in skipped]
     drawn = {z: slice_classes(info, phase, z, study) for z in labelled}
     out = {}
     for c in CLASS_NAMES:
@@ -204,30 +226,37 @@ class EvaluationReport:
             if phase == "ES" and es == ed:
                 continue
             skip = [z for z, p in anchors if p == t]  # the annotated frames are given, not predicted
-            slices = scored[t] = scored_slices(label, info, phase.lower(), t, skip, d["study_dir"])
-            if not slices:
+            by_set = {s: scored_slices(label, info, phase.lower(), t, skip, d["study_dir"], s) for s in SLICE_SETS}
+            scored[t] = by_set["every"]
+            if not scored[t]:
                 continue
-            for method, pred in predictions.items():
-                self._add(
-                    d["study"],
-                    group,
-                    method,
-                    phase,
-                    score_phase(pred[..., t], label[..., t], slices, spacing, base_first),
-                )
+            methods = {method: pred[..., t] for method, pred in predictions.items()}  # (H, W, Z) each
             if "copy_ed" in self.baselines and phase == "ES":
-                ed_labelled = [z for z in range(label.shape[2]) if (label[:, :, z, ed] != UNLABELLED).all()]
-                both = {c: [z for z in zs if z in ed_labelled] for c, zs in slices.items()}
-                both = {c: zs for c, zs in both.items() if zs}
-                if both:
-                    self._add(
-                        d["study"],
-                        group,
-                        "copy_ed",
-                        phase,
-                        score_phase(label[..., ed], label[..., t], both, spacing, base_first),
-                    )
-        self._add_function(d["study"], group, label, predictions, info, ed, es, voxel_volume_ml(affine), d["study_dir"])
+                methods["copy_ed"] = label[..., ed]
+            ed_labelled = {z for z in range(label.shape[2]) if (label[:, :, z, ed] != UNLABELLED).all()}
+            for method, pred in methods.items():
+                scored_before: list[tuple[dict, list[dict]]] = []  # partial labels: both sets are one
+                for slice_set, slices in by_set.items():
+                    if method == "copy_ed":  # on the slices labelled at ED too
+                        slices = {c: [z for z in zs if z in ed_labelled] for c, zs in slices.items()}
+                        slices = {c: zs for c, zs in slices.items() if zs}
+                    rows = next((r for seen, r in scored_before if seen == slices), None)
+                    if rows is None:
+                        rows = score_phase(pred, label[..., t], slices, spacing, base_first)
+                        scored_before.append((slices, rows))
+                    self._add(d["study"], group, method, phase, slice_set, rows)
+        self._add_function(
+            d["study"],
+            group,
+            label,
+            predictions,
+            info,
+            ed,
+            es,
+            voxel_volume_ml(affine),
+            d["study_dir"],
+            bool(d.get("labels_complete", False)),
+        )
         if QC_CONFIDENCE in getattr(d["pred"], "meta", {}):
             self._add_quality(d, label, scored, anchors, base_first)
         methods = [*predictions, *(b for b in self.baselines if b not in predictions)]
@@ -259,8 +288,10 @@ class EvaluationReport:
             out[:, :, :, t] = self.initializer.labels(frames, tuple(d["image_spacing"].tolist())).permute(1, 2, 0)
         return out.numpy()
 
-    def _add(self, study: str, group: str, method: str, phase: str, rows: list[dict]) -> None:
-        self.rows.extend({"study": study, "group": group, "method": method, "phase": phase, **r} for r in rows)
+    def _add(self, study: str, group: str, method: str, phase: str, slices: str, rows: list[dict]) -> None:
+        self.rows.extend(
+            {"study": study, "group": group, "method": method, "phase": phase, "slices": slices, **r} for r in rows
+        )
 
     def _add_function(
         self,
@@ -273,25 +304,36 @@ class EvaluationReport:
         es: int,
         voxel_ml: float,
         study_dir: str | os.PathLike,
+        complete: bool,
     ) -> None:
-        """The function rows of one study: every method's and copy-ED's LV/RV EDV, ESV, EF and LV mass against those
-        of the truth, on the slices the truth labels at each phase (the annotated frame included).
+        """The function rows of one study, for each of :data:`SLICE_SETS`: every method's and copy-ED's LV/RV EDV,
+        ESV, EF and LV mass against those of the truth, on the slices the truth labels at each phase (the annotated
+        frame included); for a stack whose labels are ``complete``, also each method's heart volume (RV, Myo, LV)
+        on the slices where the truth holds none (:data:`~.agreement.EMPTY_SLICE_QUANTITIES`, reference 0).
 
         Args:
             label: (H, W, Z, T) ground truth with ``UNLABELLED`` where there is none.
             predictions: method -> (H, W, Z, T) labels.
         """
-        slices_ed = scored_slices(label, info, "ed", ed, None, study_dir)
-        slices_es = scored_slices(label, info, "es", es, None, study_dir) if es != ed else {}
-        if not slices_ed and not slices_es:
-            return
-        reference = function_values(label[..., ed], label[..., es], slices_ed, slices_es, voxel_ml)
-        for method, pred in predictions.items():
-            ours = function_values(pred[..., ed], pred[..., es], slices_ed, slices_es, voxel_ml)
-            self.function_rows += agreement_rows(study, group, method, ours, reference)
-        if "copy_ed" in self.baselines:
-            ours = function_values(label[..., ed], label[..., ed], slices_ed, slices_es, voxel_ml)
-            self.function_rows += agreement_rows(study, group, "copy_ed", ours, reference, ES_QUANTITIES)
+        for slice_set in SLICE_SETS:
+            slices_ed = scored_slices(label, info, "ed", ed, None, study_dir, slice_set)
+            slices_es = scored_slices(label, info, "es", es, None, study_dir, slice_set) if es != ed else {}
+            if not slices_ed and not slices_es:
+                return
+            reference = function_values(label[..., ed], label[..., es], slices_ed, slices_es, voxel_ml)
+            rows = []
+            for method, pred in predictions.items():
+                ours = function_values(pred[..., ed], pred[..., es], slices_ed, slices_es, voxel_ml)
+                rows += agreement_rows(study, group, method, ours, reference)
+            if "copy_ed" in self.baselines:
+                ours = function_values(label[..., ed], label[..., ed], slices_ed, slices_es, voxel_ml)
+                rows += agreement_rows(study, group, "copy_ed", ours, reference, ES_QUANTITIES)
+            self.function_rows += [{**r, "slices": slice_set} for r in rows]
+        if complete:
+            for method, pred in predictions.items():
+                ours = empty_slice_volumes(pred, label, {"ed": ed, "es": es}, voxel_ml)
+                rows = agreement_rows(study, group, method, ours, dict.fromkeys(ours, 0.0), EMPTY_SLICE_QUANTITIES)
+                self.function_rows += [{**r, "slices": "every"} for r in rows]
 
     def _add_quality(
         self,
@@ -319,10 +361,10 @@ class EvaluationReport:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, lambda _: self.write())
 
-    def summary(self, group: str | None = None) -> dict[str, Any]:
-        """Means over studies (of one ``group`` if given): method -> phase ("ED", "ES", "all") -> region -> class
-        -> metric (NaN skipped), with "num_frames"."""
-        selected = [r for r in self.rows if group is None or r["group"] == group]
+    def summary(self, group: str | None = None, slices: str = "every") -> dict[str, Any]:
+        """Means over studies (of one ``group`` if given) of the rows counted on ``slices`` (:data:`SLICE_SETS`):
+        method -> phase ("ED", "ES", "all") -> region -> class -> metric (NaN skipped), with "num_frames"."""
+        selected = [r for r in self.rows if (group is None or r["group"] == group) and r["slices"] == slices]
         out: dict[str, Any] = {}
         for method in dict.fromkeys(r["method"] for r in selected):
             out[method] = {}
@@ -378,12 +420,16 @@ class EvaluationReport:
         summary = {
             "studies": sorted(dict.fromkeys(r["study"] for r in self.rows)),
             "metrics": metrics,
+            "metrics_labelled": self.summary(slices="labelled"),
             "agreement": summarize_agreement(self.function_rows),
+            "agreement_labelled": summarize_agreement(self.function_rows, slices="labelled"),
             "groups": {
                 g: {
                     "studies": len({r["study"] for r in self.rows if r["group"] == g}),
                     "metrics": self.summary(g),
+                    "metrics_labelled": self.summary(g, "labelled"),
                     "agreement": summarize_agreement(self.function_rows, g),
+                    "agreement_labelled": summarize_agreement(self.function_rows, g, "labelled"),
                 }
                 for g in groups
             },
@@ -400,6 +446,12 @@ class EvaluationReport:
                 "whole = all",
                 "frames": "every labelled ED/ES slice but the given annotated frames (an anchor that the initialiser "
                 "generated is scored); classes not annotated are skipped",
+                "slices": "metrics/agreement: every slice whose truth is known (every slice of a stack whose labels "
+                "are complete, labels_complete: a slice the truth leaves out is background); metrics_labelled/"
+                "agreement_labelled: only the slices the truth lists (annotated_slices_<phase>); equal for partial "
+                "labels",
+                "heart_on_empty_slices": "complete stacks: a method's RV+Myo+LV volume (mL) on the slices whose truth "
+                "holds no structure at ED/ES; n_over_5ml counts the stacks above 5 mL",
                 "copy_ed": "ED ground truth copied to ES (no propagation); scored at ES only (function: ESV, EF)",
                 "initializer": "the initialiser (models/init.pt) alone on every ED and ES frame, no propagation",
                 "function": "LV/RV EDV, ESV (mL), EF (%), LV mass (g, myocardium at ED x 1.05 g/mL) by summation of "
@@ -416,9 +468,9 @@ class EvaluationReport:
         logger.info(f"summary written to {json_path}")
         for kind, phase in (("2d", "all"), ("2d", "ES"), ("3d", "all")):  # ES: where copy-ED is scored too
             logger.info("\n" + format_table(metrics, kind, phase))
-        if groups:
-            logger.info("\n" + format_group_table(summary))
-        logger.info("\n" + format_agreement_table(summary))
+        for slices in SLICE_SETS:
+            logger.info("\n" + format_group_table(summary, slices=slices))
+            logger.info("\n" + format_agreement_table(summary, slices))
         return summary
 
 
@@ -452,20 +504,23 @@ def format_table(metrics: Mapping[str, Any], kind: str = "2d", phase: str = "all
     return "\n".join(lines)
 
 
-def format_group_table(summary: Mapping[str, Any], kind: str = "2d") -> str:
+def format_group_table(summary: Mapping[str, Any], kind: str = "2d", slices: str = "every") -> str:
     """A Markdown table (the model card's): one row per group, phase and method, whole-heart Dice of LV, Myo, RV and
     their mean, mean HD95 (mm), and the mean Dice of the basal, middle and apical slices; groups first, then "all".
 
     Args:
         summary: what :meth:`EvaluationReport.write` returns (or ``summary.json``), with its "groups".
         kind: "2d" or "3d".
+        slices: "every" (``metrics``) or "labelled" (``metrics_labelled``), :data:`SLICE_SETS`.
     """
+    key = "metrics" if slices == "every" else "metrics_labelled"
     lines = [
+        f"Dice and HD95 ({kind.upper()}) on {'every slice' if slices == 'every' else 'the labelled slices only'}:",
         "| group (n) | phase | method | LV | Myo | RV | mean | HD95 mean mm | basal | middle | apex |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    blocks = [(f"{g} ({b['studies']})", b["metrics"]) for g, b in summary.get("groups", {}).items()]
-    blocks.append((f"all ({len(summary['studies'])})", summary["metrics"]))
+    blocks = [(f"{g} ({b['studies']})", b.get(key, {})) for g, b in summary.get("groups", {}).items()]
+    blocks.append((f"all ({len(summary['studies'])})", summary.get(key, {})))
     for name, metrics in blocks:
         for phase in PHASES:
             for method, by_phase in metrics.items():
@@ -538,10 +593,11 @@ if __name__ == "__main__":  # python -m scripts.metrics.report <summary.json>: t
     import sys
 
     loaded = json.loads(Path(sys.argv[1]).read_text())
-    print(format_group_table(loaded))
-    if "agreement" in loaded:
+    for slice_set in SLICE_SETS:
+        print(format_group_table(loaded, slices=slice_set))
         print()
-        print(format_agreement_table(loaded))
+        print(format_agreement_table(loaded, slice_set))
+        print()
 
 
 def class_mean_dice(pred: np.ndarray, truth: np.ndarray, classes: Sequence[int]) -> float | None:

@@ -211,13 +211,15 @@ def write_study(study: CineStudy, folder: Path) -> None:
 
 
 def build_suite(studies: Sequence[Mapping[str, Any]], root: Path, conditions: Sequence[str], seed: int = 0) -> None:
-    """Write every study under ``root/<condition>/<study>`` for each condition (seeded per study)."""
+    """Write every study under ``root/<condition>/<study>`` for each condition (seeded per study); each info.json
+    states the split's ``labels_complete`` for its dataset, so that the evaluation counts every slice there too."""
     for c, name in enumerate(conditions):
         target = root / name
         if target.exists():
             shutil.rmtree(target)
         for i, s in enumerate(studies):
             study = read_study(Path(s["study_dir"]))
+            study = replace(study, info={"labels_complete": bool(s.get("labels_complete", False)), **study.info})
             write_study(CONDITIONS[name](study, seed + 1000 * c + i), target / s["study"])
         logger.info(f"stress suite: {name}: {len(studies)} studies in {target}")
 
