@@ -37,7 +37,7 @@ def _parser(files: list[str], **overrides: object) -> ConfigParser:
 @pytest.mark.parametrize(
     "name, mode, recipe, norm",
     [
-        ("model.pt", "plm", "train_acdc.json", "group"),
+        ("model.pt", "plm", "train_robust.json", "group"),
         ("model_dense.pt", "dense", "train_real.json", "frozen_batch"),
         ("model_phantom.pt", "plm", "train.json", "frozen_batch"),
     ],
@@ -50,10 +50,20 @@ def test_shipped_weights_record_how_they_were_trained(name: str, mode: str, reci
     assert state["training"]["recipe"] == recipe and state["training"]["params"]["matching_mode"] == mode
     network = CSTM(**state["network"])
     network.load_state_dict(state["model"])  # strict: the record rebuilds exactly these weights' network
-    if name == "model.pt":  # 0.6.0: every stage of its training is recorded (0.5.0's two, then the fine-tune)
+    if name == "model.pt":  # 0.7.0: every stage of its training is recorded (0.5.0's two, 0.6.0's, then 0.7.0's)
         stages = state["training"]["stages"]
-        assert [s["recipe"] for s in stages] == ["pretrain_static.json", "train_acdc.json", "train_acdc.json"]
-        assert stages[-1]["from"].startswith("model.pt 0.5.0") and stages[-1]["iterations"] == 2424
+        assert [s["recipe"] for s in stages] == [
+            "pretrain_static.json",
+            "train_acdc.json",
+            "train_acdc.json",
+            "train_robust.json",
+        ]
+        assert stages[2]["from"].startswith("model.pt 0.5.0") and stages[2]["iterations"] == 2424
+        assert stages[3]["from"] == "model.pt 0.6.0" and state["training"]["params"]["dataset_weights"].keys() == {
+            "acdc_cine",
+            "acdc_dev",
+            "acdc_frames",
+        }
 
 
 def test_shipped_initializer_records_how_it_was_trained() -> None:
