@@ -50,14 +50,16 @@ def test_shipped_weights_record_how_they_were_trained(name: str, mode: str, reci
     assert state["training"]["recipe"] == recipe and state["training"]["params"]["matching_mode"] == mode
     network = CSTM(**state["network"])
     network.load_state_dict(state["model"])  # strict: the record rebuilds exactly these weights' network
-    if name == "model.pt":  # 0.7.0: every stage of its training is recorded (0.5.0's two, 0.6.0's, then 0.7.0's)
+    if name == "model.pt":  # 0.7.1: every stage of its training is recorded (0.5.0's two, 0.6.0's, 0.7.0's, its own)
         stages = state["training"]["stages"]
         assert [s["recipe"] for s in stages] == [
             "pretrain_static.json",
             "train_acdc.json",
             "train_acdc.json",
             "train_robust.json",
+            "train_robust.json",
         ]
+        assert stages[4]["from"] == "model.pt 0.7.0" and stages[4]["amp"].startswith("bfloat16")
         assert stages[2]["from"].startswith("model.pt 0.5.0") and stages[2]["iterations"] == 2424
         assert stages[3]["from"] == "model.pt 0.6.0" and state["training"]["params"]["dataset_weights"].keys() == {
             "acdc_cine",
