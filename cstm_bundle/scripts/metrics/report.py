@@ -230,11 +230,11 @@ class EvaluationReport:
             scored[t] = by_set["every"]
             if not scored[t]:
                 continue
-            methods = {method: pred[..., t] for method, pred in predictions.items()}  # (H, W, Z) each
+            at_phase = {method: pred[..., t] for method, pred in predictions.items()}  # (H, W, Z) each
             if "copy_ed" in self.baselines and phase == "ES":
-                methods["copy_ed"] = label[..., ed]
+                at_phase["copy_ed"] = label[..., ed]
             ed_labelled = {z for z in range(label.shape[2]) if (label[:, :, z, ed] != UNLABELLED).all()}
-            for method, pred in methods.items():
+            for method, pred in at_phase.items():
                 scored_before: list[tuple[dict, list[dict]]] = []  # partial labels: both sets are one
                 for slice_set, slices in by_set.items():
                     if method == "copy_ed":  # on the slices labelled at ED too
