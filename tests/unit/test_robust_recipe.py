@@ -61,8 +61,8 @@ def test_frame_2_is_read_as_annotated_only_where_it_is_fully_labelled() -> None:
     masks = torch.zeros((4, 3, 8, 8), dtype=torch.long)
     masks[:, 1, 2:5, 2:5] = 3
     masks[1, 1, 0, 0] = UNLABELLED  # a partial frame 2: never read as annotated
-    assert annotated_second_frames(masks, 0.0, 4) is None
-    second = annotated_second_frames(masks, 1.0, 4)
+    assert annotated_second_frames(masks, 0.0) is None
+    second = annotated_second_frames(masks, 1.0)
     assert (second[1] == -1).all()
     assert torch.equal(second[[0, 2, 3]], masks[[0, 2, 3], 1])
 

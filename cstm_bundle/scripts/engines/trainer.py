@@ -16,6 +16,7 @@ from monai.handlers import EarlyStopHandler, ValidationHandler
 from monai.utils import CommonKeys
 from torch import Tensor, nn
 
+from ..data.transforms import UNLABELLED
 from ..networks.cstm import CSTM, stack_memory
 from .checkpoint import BEST_MODEL, ResumableCheckpoint, check_run_folder, load_initial_weights
 from .tracking import configure_tracking
@@ -66,19 +67,19 @@ def _one_hot(mask: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2).float()
 
 
-def annotated_second_frames(masks: Tensor, prob: float, num_classes: int) -> Tensor | None:
+def annotated_second_frames(masks: Tensor, prob: float) -> Tensor | None:
     """Which samples read frame 2 as an annotated frame (``second_mask`` of :func:`propagate_triplet`): each sample
-    whose frame 2 is fully labelled, with probability ``prob``.
+    whose frame 2 is fully labelled (no :data:`~scripts.data.UNLABELLED` pixel), with probability ``prob``.
 
     Args:
-        masks: (B, 3, H, W) integer labels (255: unlabelled).
+        masks: (B, 3, H, W) integer labels.
     Returns:
         None when no sample does, else (B, H, W): frame 2's labels where it does, -1 elsewhere.
     """
     if prob <= 0:
         return None
     second = masks[:, 1]
-    chosen = (second < num_classes).flatten(1).all(1) & (torch.rand(second.shape[0], device=second.device) < prob)
+    chosen = (second != UNLABELLED).flatten(1).all(1) & (torch.rand(second.shape[0], device=second.device) < prob)
     if not chosen.any():
         return None
     return torch.where(chosen[:, None, None], second, torch.full_like(second, -1))
@@ -97,7 +98,6 @@ class TripletStep(nn.Module):
     def __init__(self, network: CSTM):
         super().__init__()
         self.network = network
-        self.num_classes = network.num_classes
 
     def forward(self, frames: Tensor, first_mask: Tensor, second_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """See :func:`propagate_triplet`: frames (B, 3, 1, H, W), first_mask (B, H, W) -> two (B, O, H, W) logits."""
@@ -138,8 +138,7 @@ class CSTMTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with torch.autocast(device.type, enabled=engine.amp):
-            num_classes = getattr(engine.network, "module", engine.network).num_classes
-            second = annotated_second_frames(masks, engine.annotated_memory_prob, num_classes)
+            second = annotated_second_frames(masks, engine.annotated_memory_prob)
             logits2, logits3 = engine.network(frames, masks[:, 0], second)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             it = engine.state.iteration
