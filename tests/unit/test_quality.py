@@ -52,7 +52,13 @@ def test_report_files_name_the_frame_to_correct_next(tmp_path: Path):
     confidence[0, 1, 0] = 0.1  # the anchor: never the one to correct
     pred = MetaTensor(torch.as_tensor(labels)[None])
     pred.meta.update({QC_CONFIDENCE: confidence[0], QC_DISAGREEMENT: torch.zeros(3, 4)})
-    item = {"pred": pred, "study": "s", "anchor_frames": torch.tensor([[1, 0]]), "base_first": True}
+    item = {
+        "pred": pred,
+        "study": "s",
+        "anchor_frames": torch.tensor([[1, 0]]),
+        "base_first": True,
+        "kspace_spike_frames": torch.tensor([2]),
+    }
     writer = QualityReportd("pred", tmp_path)
     writer(item)
     qc = json.loads((tmp_path / "s" / "qc.json").read_text())
@@ -67,7 +73,7 @@ def test_report_files_name_the_frame_to_correct_next(tmp_path: Path):
         "area_jump": 0.0,
         "flagged": 1,
     }
-    assert qc["num_flagged"] == 1
+    assert qc["num_flagged"] == 1 and qc["kspace_spike_frames"] == 2
     assert why == "lowest score of the frames not annotated (0.500 = confidence 0.500); below the flag threshold 0.85"
     rows = list(csv.DictReader((tmp_path / "s" / "qc.csv").open()))
     assert len(rows) == 12 and [r["flagged"] for r in rows].count("1") == 1

@@ -3,23 +3,30 @@ frame 2 read as a second annotated frame, and appearance randomised along the st
 
 from __future__ import annotations
 
+import nibabel as nib
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
 from helpers import CONFIGS, TINY_CSTM
-from scripts.data import UNLABELLED, RandTripletd
+from scripts.data import UNLABELLED, RandTripletd, sample_weights
+from scripts.data.splits import lv_contraction
 from scripts.engines.trainer import annotated_second_frames, propagate_triplet
 from scripts.networks.cstm import CSTM
 
 HEART = range(2, 11)  # slices 2-10 of 13 hold the heart at both phases
 
 
-def _stack(complete: bool) -> dict:
-    """A 2-phase stack of 13 slices: a square "LV" on slices 2-10; the others empty (complete) or unlabelled."""
+def _stack(complete: bool, contracted: int | None = None) -> dict:
+    """A 2-phase stack of 13 slices: a square "LV" on slices 2-10 (smaller at phase ``contracted``); the others empty
+    (complete) or unlabelled."""
     label = torch.full((1, 24, 24, 13, 2), 0 if complete else UNLABELLED, dtype=torch.uint8)
     for z in HEART:
         label[0, :, :, z] = 0
         label[0, 8:16, 8:16, z] = 3
+        if contracted is not None:
+            label[0, 8:16, 8:16, z, contracted] = 0
+            label[0, 10:14, 10:14, z, contracted] = 3
     image = torch.rand((1, 24, 24, 13, 2)) + (label == 3).float()
     return {"image": image, "label": label, "image_spacing": torch.tensor([1.5, 1.5]), "study_dir": "stack"}
 
@@ -49,6 +56,35 @@ def test_samples_start_on_the_heart_and_reach_the_empty_slices_of_a_complete_sta
     assert sum(any(z not in HEART for z in zs[1:]) for zs, _ in inside) < beyond
     partial = _draws(_stack(complete=False), temporal_prob=0.0, edge_prob=1.0)
     assert all(z in HEART for zs, _ in partial for z in zs)  # unknown slices are never drawn
+
+
+def test_es_prob_spends_the_samples_on_the_contracted_phase() -> None:
+    for contracted in (0, 1):
+        stack = _stack(complete=True, contracted=contracted)
+        at_es = _draws(stack, temporal_prob=0.3, mixed_prob=0.3, es_prob=1.0)
+        assert all(ts[1] == contracted for _, ts in at_es)  # along z at ES; along t, ES predicted from ED
+        uniform = _draws(stack, temporal_prob=0.3, mixed_prob=0.3, es_prob=0.0)
+        assert 90 < sum(ts[1] == contracted for _, ts in uniform) < 210
+
+
+def test_contraction_power_draws_strongly_contracting_hearts_more_often_within_their_dataset(tmp_path) -> None:
+    def study(name: str, es_side: int) -> dict:
+        folder = tmp_path / name
+        folder.mkdir()
+        for phase, side in (("ed", 8), ("es", es_side)):
+            label = np.zeros((16, 16, 3), dtype=np.uint8)
+            label[:side, :side] = 3
+            nib.save(nib.Nifti1Image(label, np.eye(4)), str(folder / f"label_{phase}.nii.gz"))
+        return {"study_dir": str(folder), "dataset": "a", "sample_weight": 0.25}
+
+    strong, weak = study("strong", 4), study("weak", 8)  # EDV/ESV 4 and 1
+    other = {"study_dir": str(tmp_path / "none"), "dataset": "b", "sample_weight": 0.5}  # no labels: factor 1
+    (tmp_path / "none").mkdir()
+    assert lv_contraction(strong["study_dir"]) == 4.0 and lv_contraction(other["study_dir"]) == 1.0
+    datalist = [strong, weak, other]
+    assert sample_weights(datalist) == [0.25, 0.25, 0.5]
+    weights = sample_weights(datalist, contraction_power=1.0)
+    assert np.allclose(weights, [0.4, 0.1, 0.5])  # dataset "a" keeps its share, 4:1 within it
 
 
 def test_mixed_samples_go_along_t_then_along_z() -> None:

@@ -7,6 +7,7 @@ from .layouts import LAYOUTS, convert_layout, prepare_dataset, read_acdc_cfg
 from .outputs import MANIFEST_FILE, result_settings
 from .phantom import PhantomStudy, make_phantom_study, write_phantom_studies
 from .readers import list_studies, read_label, skipped_folders
+from .spikes import SuppressKSpaceSpikesd, suppress_kspace_spikes
 from .splits import load_split, make_split, mix_datalists, sample_weights
 from .study import read_info, slice_classes
 from .transforms import (
@@ -38,6 +39,7 @@ __all__ = [
     "SaveStudyLabeld",
     "SelectLabelledFramesd",
     "StudyBatch",
+    "SuppressKSpaceSpikesd",
     "check_outputs",
     "check_study",
     "cine_segmentation",
@@ -55,6 +57,7 @@ __all__ = [
     "result_settings",
     "read_label",
     "sample_weights",
+    "suppress_kspace_spikes",
     "scan_cine_dicom",
     "skipped_folders",
     "slice_classes",

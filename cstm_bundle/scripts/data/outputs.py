@@ -50,6 +50,7 @@ RESULT_OPTIONS = (
     "amp",
     "largest_component",
     "fill_holes",
+    "suppress_spikes",
     "roi_size",
     "roi_spacing",
 )

@@ -22,12 +22,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from ..errors import CSTMInputError
 from .layouts import prepare_dataset
 from .readers import check_image_file, list_studies, study_image
-from .study import read_info
+from .study import label_file, labelled_slices, read_info
 
 logger = logging.getLogger(__name__)
 
@@ -218,9 +219,44 @@ def _check_weight(weight: Any, where: str) -> None:
         raise CSTMInputError(where, f"weight is {weight!r}", "a number >= 0")
 
 
-def sample_weights(datalist: list[dict[str, Any]]) -> list[float]:
-    """The ``sample_weight`` of each study (:func:`mix_datalists`), for ``WeightedRandomSampler``."""
-    return [s["sample_weight"] for s in datalist]
+def sample_weights(datalist: list[dict[str, Any]], contraction_power: float = 0.0) -> list[float]:
+    """The ``sample_weight`` of each study (:func:`mix_datalists`), for ``WeightedRandomSampler``.
+
+    Args:
+        datalist: training studies with ``sample_weight`` (and ``dataset``).
+        contraction_power: with ``p > 0``, each study's weight is multiplied by ``(LV EDV / LV ESV) ** p``
+            (:func:`lv_contraction`), then rescaled so that each dataset keeps its share: hearts that contract strongly
+            (the small ES cavities of HCM, where ES errs most) are drawn more often within their dataset.
+    """
+    weights = [float(s["sample_weight"]) for s in datalist]
+    if not contraction_power:
+        return weights
+    scaled = [w * lv_contraction(s["study_dir"]) ** contraction_power for w, s in zip(weights, datalist, strict=True)]
+    for name in {s.get("dataset") for s in datalist}:
+        members = [i for i, s in enumerate(datalist) if s.get("dataset") == name]
+        ratio = sum(weights[i] for i in members) / sum(scaled[i] for i in members)
+        for i in members:
+            weights[i] = scaled[i] * ratio
+    return weights
+
+
+def lv_contraction(study_dir: str | os.PathLike) -> float:
+    """LV EDV / LV ESV of a study from its ED and ES labels, on the slices labelled at both phases (>= 1; 1 where a
+    label file is missing or either volume is empty: nothing known about the contraction)."""
+    study = Path(study_dir)
+    info = read_info(study)
+    volumes = []
+    for phase in ("ed", "es"):
+        path = study / label_file(phase)
+        if not path.exists():
+            return 1.0
+        volumes.append(np.asarray(nib.load(str(path)).dataobj) == 3)  # (H, W, Z)
+    num_slices = volumes[0].shape[2]
+    both = sorted(
+        set(labelled_slices(info, "ed", num_slices, study)) & set(labelled_slices(info, "es", num_slices, study))
+    )
+    ed, es = (int(v[:, :, both].sum()) for v in volumes)
+    return max(1.0, ed / es) if ed and es else 1.0
 
 
 if __name__ == "__main__":

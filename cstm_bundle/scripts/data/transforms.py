@@ -364,6 +364,9 @@ class RandTripletd(Randomizable, MapTransform):
         mixed_prob: probability, of the samples along z, of one that first goes along t and then along z, as the 4D
             inference does: (z, a), (z, b), (w, b) with slice w labelled at phase b, ``0 < |w - z| <=
             max_slice_distance``.
+        es_prob: probability of a sample whose predicted frames are at the study's contracted phase (of its fully
+            labelled phases, the one with the least heart per frame: ES) rather than at a phase drawn uniformly; along
+            t that is ES predicted from ED, as the inference does. 0 keeps the uniform draw (and its random stream).
         max_slice_distance: largest z distance between the first and last slice of a sample along z (paper: 5).
     Returns:
         a list of dicts with ``frames`` (3, H, W) float32, ``masks`` (3, H, W) uint8 and the study's ``image_spacing``.
@@ -380,12 +383,14 @@ class RandTripletd(Randomizable, MapTransform):
         static_prob: float = 0.0,
         mixed_prob: float = 0.0,
         edge_prob: float = 0.0,
+        es_prob: float = 0.0,
     ):
         MapTransform.__init__(self, keys)
         if max_slice_distance < 2:
             raise ValueError(f"max_slice_distance must be >= 2 to hold 3 slices, got {max_slice_distance}.")
         self.num_samples, self.temporal_prob, self.max_slice_distance = num_samples, temporal_prob, max_slice_distance
         self.static_prob, self.mixed_prob, self.edge_prob = static_prob, mixed_prob, edge_prob
+        self.es_prob = es_prob
 
     def randomize(self, data: Any = None) -> None:
         pass
@@ -394,22 +399,29 @@ class RandTripletd(Randomizable, MapTransform):
         return items[self.R.randint(len(items))]
 
     def _sample(
-        self, full: dict[int, list[int]], truth: dict[int, list[int]], temporal: list[tuple[int, int, int]]
+        self,
+        full: dict[int, list[int]],
+        truth: dict[int, list[int]],
+        temporal: list[tuple[int, int, int]],
+        contracted: int,
     ) -> tuple[list[int], list[int]]:
         """(slices, phases) of one sample; ``full``/``truth``: phase -> slices fully / at least partly labelled;
-        ``temporal``: the (z, a, b) with slice z fully labelled at phase a and labelled at phase b."""
+        ``temporal``: the (z, a, b) with slice z fully labelled at phase a and labelled at phase b; ``contracted``:
+        the phase that ``es_prob`` favours."""
+        at_es = bool(self.es_prob) and self.R.rand() < self.es_prob
+        towards_es = [x for x in temporal if x[2] == contracted] if at_es else []
         if self.static_prob and self.R.rand() < self.static_prob:
-            t = self._pick(sorted(full))
+            t = contracted if at_es else self._pick(sorted(full))
             return [self._pick(full[t])] * 3, [t] * 3
         if temporal and self.R.rand() < self.temporal_prob:
-            z, a, b = self._pick(temporal)
+            z, a, b = self._pick(towards_es or temporal)
             return [z, z, z], [a, b, a]
         if temporal and self.mixed_prob and self.R.rand() < self.mixed_prob:
-            z, a, b = self._pick(temporal)
+            z, a, b = self._pick(towards_es or temporal)
             near = [w for w in truth[b] if 0 < abs(w - z) <= self.max_slice_distance]
             if near:
                 return [z, z, self._pick(near)], [a, b, b]
-        t = self._pick(sorted(full))
+        t = contracted if at_es else self._pick(sorted(full))
         step = 1 if self.R.rand() < 0.5 else -1  # base-to-apex or apex-to-base
         ahead = {z: [w for w in truth[t] if 0 < (w - z) * step <= self.max_slice_distance] for z in full[t]}
         starts = [z for z in full[t] if len(ahead[z]) >= 2]
@@ -445,9 +457,13 @@ class RandTripletd(Randomizable, MapTransform):
                 "label_ed/label_es with at least one fully labelled slice",
             )
         temporal = [(z, a, b) for a in full for z in full[a] for b in truth if b != a and z in truth[b]]
+        area = ((label > 0) & known).sum((0, 1))  # (Z, T): heart pixels per frame
+        contracted = min(
+            [t for t in full if heart[:, t].any()] or list(full), key=lambda t: area[full[t], t].float().mean().item()
+        )
         samples = []
         for _ in range(self.num_samples):
-            zs, ts = self._sample(full, truth, temporal)
+            zs, ts = self._sample(full, truth, temporal, contracted)
             samples.append(
                 {
                     "frames": torch.as_tensor(image[:, :, zs, ts]).permute(2, 0, 1).float(),  # (3, H, W)

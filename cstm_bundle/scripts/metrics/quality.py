@@ -170,6 +170,7 @@ class QualityReportd(MapTransform):
                 "score": "confidence × (1 − disagreement); docs/README.md, 'Quality report'",
                 "anchor_source": d.get("anchor_source"),
                 "generated_anchor": _plain(d.get("generated_anchor")),
+                "kspace_spike_frames": _plain(d.get("kspace_spike_frames")),
             }
             save_json(summary, json_path, self.overwrite)
             if worst is not None:
