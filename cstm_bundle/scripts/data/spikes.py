@@ -5,8 +5,8 @@ In the frame's 2D Fourier transform it is a point far above its neighbours, whic
 never is away from the two central axes. Such points are set back to their neighbourhood's median magnitude (phase
 kept), and only the frames that hold one are changed: a clean study passes through bit for bit.
 
-Measured on every image in ``../shared/data`` (4765 frames, every third study) and on spikes placed as the stress suite
-places them: no clean frame flagged at a ratio of 10; every spike of log-magnitude 13 (the stress suite's) found, and
+Measured on every image in ``../shared/data`` (144 studies, 15355 frames) and on spikes placed as the stress suite
+places them: no frame flagged at a ratio of 10; every spike of log-magnitude 13 (the stress suite's) found, and
 the error it leaves is 0.04 % of the 99th intensity percentile instead of 9.5 %; weaker spikes (log-magnitude 11) are
 found in 28 of 45 frames, and those missed change the image by under 0.5 %.
 """
@@ -42,8 +42,8 @@ def suppress_kspace_spikes(frames: Tensor, ratio: float = SPIKE_RATIO) -> tuple[
         frames: (H, W, N) real frames.
         ratio: magnitude over the neighbourhood median from which a point is a spike (> 1).
     Returns:
-        the frames (H, W, N), those with a spike filtered and the others unchanged (the same values), and the number
-        of spike points in each frame (N,).
+        the frames (H, W, N), those with a spike filtered and the others unchanged (the same values; float32 when
+        a spike was filtered in frames of an integer type), and the number of spike points in each frame (N,).
     """
     if ratio <= 1:
         raise ValueError(f"ratio must be > 1, got {ratio}.")
@@ -60,8 +60,8 @@ def suppress_kspace_spikes(frames: Tensor, ratio: float = SPIKE_RATIO) -> tuple[
         return frames, counts
     k = torch.where(spikes, torch.polar(median.exp(), k.angle()), k)[:, :, hit]
     filtered = torch.fft.ifft2(torch.fft.ifftshift(k, dim=(0, 1)), dim=(0, 1)).real
-    out = frames.clone()
-    out[:, :, hit] = filtered.to(frames.dtype)
+    out = frames.clone() if frames.is_floating_point() else frames.float()
+    out[:, :, hit] = filtered.to(out.dtype)
     return out, counts
 
 
@@ -72,7 +72,7 @@ class SuppressKSpaceSpikesd(MapTransform):
     Args:
         keys: the image key; the image (C, H, W, ...) (a study: (1, H, W, Z, T)).
         ratio: :func:`suppress_kspace_spikes`'s.
-        enabled: False passes the data through (``--kspace_spikes false``).
+        enabled: False passes the data through (``--suppress_spikes false``).
     """
 
     def __init__(self, keys: KeysCollection = "image", ratio: float = SPIKE_RATIO, enabled: bool = True):
@@ -93,5 +93,6 @@ class SuppressKSpaceSpikesd(MapTransform):
                 logger.warning(
                     f"{d.get('study_dir', key)}: k-space spikes removed from {changed} of {counts.numel()} frames"
                 )
-                d[key] = convert_to_dst_type(filtered.reshape(h, w, channels, *rest).movedim(2, 0), d[key])[0]
+                restored = filtered.reshape(h, w, channels, *rest).movedim(2, 0)
+                d[key] = convert_to_dst_type(restored, d[key], dtype=restored.dtype)[0]
         return d
