@@ -403,12 +403,12 @@ class RandTripletd(Randomizable, MapTransform):
         full: dict[int, list[int]],
         truth: dict[int, list[int]],
         temporal: list[tuple[int, int, int]],
-        contracted: int,
+        contracted: int | None = None,
     ) -> tuple[list[int], list[int]]:
         """(slices, phases) of one sample; ``full``/``truth``: phase -> slices fully / at least partly labelled;
         ``temporal``: the (z, a, b) with slice z fully labelled at phase a and labelled at phase b; ``contracted``:
-        the phase that ``es_prob`` favours."""
-        at_es = bool(self.es_prob) and self.R.rand() < self.es_prob
+        the phase that ``es_prob`` favours (None without ``es_prob``)."""
+        at_es = contracted is not None and self.R.rand() < self.es_prob
         towards_es = [x for x in temporal if x[2] == contracted] if at_es else []
         if self.static_prob and self.R.rand() < self.static_prob:
             t = contracted if at_es else self._pick(sorted(full))
@@ -457,10 +457,13 @@ class RandTripletd(Randomizable, MapTransform):
                 "label_ed/label_es with at least one fully labelled slice",
             )
         temporal = [(z, a, b) for a in full for z in full[a] for b in truth if b != a and z in truth[b]]
-        area = ((label > 0) & known).sum((0, 1))  # (Z, T): heart pixels per frame
-        contracted = min(
-            [t for t in full if heart[:, t].any()] or list(full), key=lambda t: area[full[t], t].float().mean().item()
-        )
+        contracted = None
+        if self.es_prob:
+            area = ((label > 0) & known).sum((0, 1))  # (Z, T): heart pixels per frame
+            contracted = min(
+                [t for t in full if heart[:, t].any()] or list(full),
+                key=lambda t: area[full[t], t].float().mean().item(),
+            )
         samples = []
         for _ in range(self.num_samples):
             zs, ts = self._sample(full, truth, temporal, contracted)
